@@ -1,0 +1,1 @@
+"""Shared core of mdmail: names, configuration, per-domain trees and namespaces."""

@@ -1,0 +1,582 @@
+"""Maildir delivery: a message staged once, then linked into each target's new/.
+
+Delivery follows the Maildir rule (https://cr.yp.to/proto/maildir.html): a
+message becomes visible in new/ only complete and fsynced, under a name no
+other delivery uses. The body is written and fsynced once, in a staging file;
+each target then gets a hard link to it in new/ (one inode, one copy on disk),
+or a copy written through its own tmp/ when a link cannot serve (another
+filesystem, another owner, a header of its own). Each distinct new/ is fsynced
+once at the end.
+
+File names are "<sec>.M<usec>P<pid>Q<seq>[D<tag>].<host>,S=<size>,W=<vsize>":
+S= is the size as stored (LF line ends), W= the size with CRLF line ends, as
+Dovecot writes them, so readers know both without opening the file. D<tag>
+marks a delivery made with a dedupe key, so that a retry can be recognised.
+"""
+
+import enum
+import errno
+import functools
+import hashlib
+import itertools
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from mdcore import quota
+from mdcore.quota import QuotaLimits
+
+log = logging.getLogger(__name__)
+
+DEDUPE_WINDOW_SECONDS = 7 * 24 * 3600
+# Maildir spec: a file in tmp/ untouched for 36 hours is left over from a crash.
+TMP_MAX_AGE_SECONDS = 36 * 3600
+
+_FILE_MODE = 0o600
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_BUFFER_BYTES = 1 << 16
+_PRUNE_EVERY_SECONDS = 3600.0
+# link(2) failures that mean "no hard link here" (another filesystem, links
+# not supported or not allowed, too many links): a copy still works.
+_LINK_REFUSED = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TAGGED_NAME = re.compile(r"(\d+)\.M\d+P\d+Q\d+D([0-9a-f]{12})\.")
+
+_sequence = itertools.count(1)
+_sequence_lock = threading.Lock()
+
+
+class DeliveryOutcome(enum.Enum):
+    """What became of a message for one mailbox."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    NO_SPACE = "no_space"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MailboxTarget:
+    """One Maildir a message goes to, and how files in it are to be made."""
+
+    maildir: Path
+    recipient: str
+    dedupe_key: str | None
+    uid: int | None = None
+    gid: int | None = None
+    quota: QuotaLimits | None = None
+    # Header lines for this target only (e.g. Delivered-To), LF-terminated.
+    # A target with its own header cannot share the staged file: it gets a copy.
+    header: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_header_lines(self.header, "MailboxTarget.header")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome for one target, and the file name it got in new/."""
+
+    target: MailboxTarget
+    outcome: DeliveryOutcome
+    name: str | None
+
+
+def sanitize_hostname(host: str) -> str:
+    """Make a host name safe inside a Maildir file name."""
+    # "/" would split the path and ":" opens the flags part (Maildir spec);
+    # "," would open a size field for Dovecot, so it is escaped the same way.
+    escaped = host.replace("/", "\\057").replace(":", "\\072")
+    return escaped.replace(",", "\\054") or "localhost"
+
+
+def dedupe_tag(dedupe_key: str, recipient: str) -> str:
+    """Return the 12 hex digits that mark one message for one recipient."""
+    material = f"{dedupe_key}\0{recipient}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(material).hexdigest()[:12]
+
+
+def unique_name(
+    size: int | None = None, vsize: int | None = None, tag: str | None = None
+) -> str:
+    """Return a Maildir file name that no other delivery uses."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    with _sequence_lock:
+        sequence = next(_sequence)
+    name = f"{seconds}.M{nanoseconds // 1000}P{os.getpid()}Q{sequence}"
+    name += f"D{tag}" if tag else ""
+    name += f".{_hostname()}"
+    name += "" if size is None else f",S={size}"
+    return name + ("" if vsize is None else f",W={vsize}")
+
+
+class StagedMessage:
+    """A message body written once to a staging file, then linked into targets.
+
+    Choose staging_dir on the filesystem of the mailboxes; for a single target
+    its own tmp/ is best: delivery is then the classic Maildir sequence.
+    After any OSError from write() or commit() the message can only be aborted.
+    """
+
+    def __init__(self, staging_dir: Path, prefix: bytes = b"") -> None:
+        _check_header_lines(prefix, "prefix")
+        self.path = staging_dir / unique_name()
+        self.size = 0
+        self.vsize = 0
+        self.committed = False
+        self._pending_cr = False
+        self._buffer = bytearray()
+        self._fd: int | None = os.open(self.path, _CREATE_FLAGS, _FILE_MODE)
+        self._store(prefix)
+
+    def __enter__(self) -> "StagedMessage":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+    def write(self, chunk: bytes) -> None:
+        """Add body octets as they came from the wire; CRLF is stored as LF."""
+        if self._fd is None or self.committed:
+            raise ValueError("write() on a committed or aborted StagedMessage")
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            # The LF of this CRLF may come with the next chunk.
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        self._store(chunk.replace(b"\r\n", b"\n"))
+
+    def commit(self) -> None:
+        """Write out and fsync the staging file (blocking), ready for deliver()."""
+        if self._fd is None or self.committed:
+            raise ValueError("commit() on a committed or aborted StagedMessage")
+        if self._pending_cr:
+            self._store(b"\r")
+            self._pending_cr = False
+        self._flush()
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        self.committed = True
+
+    def abort(self) -> None:
+        """Remove the staging file; links already made in new/ stay. Idempotent."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        self._buffer.clear()
+        self.path.unlink(missing_ok=True)
+
+    def _store(self, data: bytes) -> None:
+        """Buffer stored octets and count them, and once more for each LF."""
+        self.size += len(data)
+        self.vsize += len(data) + data.count(b"\n")
+        self._buffer += data
+        if len(self._buffer) >= _BUFFER_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffer to the staging file."""
+        if self._fd is not None and self._buffer:
+            pending, self._buffer = self._buffer, bytearray()
+            _write_all(self._fd, pending)
+
+
+class MaildirTags:
+    """The dedupe tags of one Maildir's recent messages; callers hold lock."""
+
+    def __init__(self, maildir: Path, window: float, clock: Callable[[], float]):
+        self.lock = threading.Lock()
+        self._maildir = maildir
+        self._window = window
+        self._clock = clock
+        self._tags: dict[str, tuple[str, int]] | None = None
+        self._next_prune = 0.0
+
+    def find(self, tag: str) -> str | None:
+        """Return the name of the recent message that carries tag, if any."""
+        entry = self._loaded().get(tag)
+        if entry is None or entry[1] < self._clock() - self._window:
+            return None
+        return entry[0]
+
+    def add(self, tag: str, name: str) -> None:
+        """Remember that the message called name carries tag."""
+        tags = self._loaded()
+        tags[tag] = (name, int(name.split(".", 1)[0]))
+        now = self._clock()
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY_SECONDS
+            self._tags = {
+                key: entry
+                for key, entry in tags.items()
+                if entry[1] >= now - self._window
+            }
+
+    def discard(self, tag: str) -> None:
+        """Forget a tag whose message was removed again."""
+        self._loaded().pop(tag, None)
+
+    def _loaded(self) -> dict[str, tuple[str, int]]:
+        """Return the tags, reading new/ and cur/ once on first use."""
+        if self._tags is None:
+            self._tags = self._scan()
+        return self._tags
+
+    def _scan(self) -> dict[str, tuple[str, int]]:
+        """Collect the tags of names stamped within the window, one listdir each."""
+        cutoff = self._clock() - self._window
+        tags: dict[str, tuple[str, int]] = {}
+        for subdir in ("new", "cur"):
+            try:
+                names = os.listdir(self._maildir / subdir)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                match = _TAGGED_NAME.match(name)
+                if match is not None and int(match[1]) >= cutoff:
+                    tags[match[2]] = (name, int(match[1]))
+        return tags
+
+
+class DedupeIndex:
+    """Per process, the dedupe tags of each Maildir this process delivers to."""
+
+    def __init__(
+        self,
+        window_seconds: float = DEDUPE_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._window = window_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._maildirs: dict[str, MaildirTags] = {}
+
+    def for_maildir(self, maildir: Path) -> MaildirTags:
+        """Return the tags of one Maildir (read from disk at first use)."""
+        key = os.path.abspath(maildir)
+        with self._lock:
+            tags = self._maildirs.get(key)
+            if tags is None:
+                tags = MaildirTags(Path(key), self._window, self._clock)
+                self._maildirs[key] = tags
+            return tags
+
+
+# Limitation: the index lives in one process; a retry that another server
+# process receives is only caught if that process has not yet read this
+# Maildir. An index shared through the file system would lift it.
+PROCESS_INDEX = DedupeIndex()
+
+
+def deliver(
+    staged: StagedMessage,
+    targets: list[MailboxTarget],
+    index: DedupeIndex | None = None,
+) -> list[DeliveryResult]:
+    """Put a committed message into every target's new/; blocking, one result each."""
+    if not staged.committed:
+        raise ValueError("deliver() needs a committed StagedMessage")
+    source = _Source(staged)
+    tags = PROCESS_INDEX if index is None else index
+    placements = [_place(source, target, tags) for target in targets]
+    _sync_new_dirs(placements, tags)
+    _record_quota(placements)
+    return [placement.result() for placement in placements]
+
+
+def ensure_maildir(
+    path: Path, uid: int | None = None, gid: int | None = None, mode: int = 0o700
+) -> Path:
+    """Create a Maildir with tmp/ new/ cur/ (and missing parents); idempotent."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in [*reversed(missing), path / "tmp", path / "new", path / "cur"]:
+        _make_dir(directory, uid, gid, mode)
+    return path
+
+
+def clean_tmp(
+    path: Path, max_age_seconds: float = TMP_MAX_AGE_SECONDS, now: float | None = None
+) -> int:
+    """Remove files in the Maildir's tmp/ idle for max_age_seconds; return how many."""
+    return clean_stale(path / "tmp", max_age_seconds, now)
+
+
+def clean_stale(
+    directory: Path, max_age_seconds: float, now: float | None = None
+) -> int:
+    """Remove the idle files of a tmp/ or staging directory; return how many."""
+    cutoff = (time.time() if now is None else now) - max_age_seconds
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if _last_touched(entry) < cutoff:
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+@dataclass
+class _Placement:
+    """How far one target got; turned into a DeliveryResult at the end."""
+
+    target: MailboxTarget
+    outcome: DeliveryOutcome
+    name: str | None = None
+    size: int = 0
+    tag: str | None = None
+
+    def result(self) -> DeliveryResult:
+        """Return the record handed back to the caller."""
+        return DeliveryResult(self.target, self.outcome, self.name)
+
+
+class _Source:
+    """The committed staging file, and the owner its inode has for links."""
+
+    def __init__(self, staged: StagedMessage) -> None:
+        self.path = staged.path
+        self.size = staged.size
+        self.vsize = staged.vsize
+        status = os.stat(staged.path)
+        self._owner = (status.st_uid, status.st_gid)
+        self._shared = False
+
+    def sizes_for(self, target: MailboxTarget) -> tuple[int, int]:
+        """Return (size, vsize) of the message as stored for target."""
+        extra = len(target.header)
+        return self.size + extra, self.vsize + extra + target.header.count(b"\n")
+
+    def link_into(self, target: MailboxTarget, new_path: Path) -> bool:
+        """Hard-link the staged file to new_path; False when a copy must do."""
+        if not self._owner_fits(target):
+            return False
+        try:
+            os.link(self.path, new_path)
+        except OSError as exc:
+            if exc.errno not in _LINK_REFUSED:
+                raise
+            log.debug("maildir=%s no hard link (%s): copying", target.maildir, exc)
+            return False
+        self._shared = True
+        return True
+
+    def _owner_fits(self, target: MailboxTarget) -> bool:
+        """Tell whether the staged inode has, or can still take, target's owner."""
+        wanted = (_or(target.uid, self._owner[0]), _or(target.gid, self._owner[1]))
+        if wanted == self._owner:
+            return True
+        if self._shared:
+            # One inode has one owner: a mailbox of another owner gets a copy.
+            return False
+        os.chown(self.path, *wanted)
+        self._owner = wanted
+        return True
+
+
+def _place(source: _Source, target: MailboxTarget, index: DedupeIndex) -> _Placement:
+    """Deliver to one target; whatever goes wrong stays with this target."""
+    try:
+        if target.dedupe_key is None:
+            return _store(source, target, None)
+        return _store_once(source, target, target.dedupe_key, index)
+    except Exception as exc:  # one mailbox's fault must not stop the others
+        return _failed(target, exc)
+
+
+def _store_once(
+    source: _Source, target: MailboxTarget, dedupe_key: str, index: DedupeIndex
+) -> _Placement:
+    """Store unless a recent message carries the same dedupe tag."""
+    tag = dedupe_tag(dedupe_key, target.recipient)
+    tags = index.for_maildir(target.maildir)
+    # The lock spans look-up and link, so a retry that arrives while the first
+    # attempt is still linking waits for it, then finds its tag.
+    with tags.lock:
+        existing = tags.find(tag)
+        if existing is not None:
+            log.info(
+                "queue=%s %s status=duplicate name=%s",
+                dedupe_key,
+                _who(target),
+                existing,
+            )
+            return _Placement(target, DeliveryOutcome.DUPLICATE, existing)
+        placement = _store(source, target, tag)
+        if placement.name is not None:
+            tags.add(tag, placement.name)
+        return placement
+
+
+def _store(source: _Source, target: MailboxTarget, tag: str | None) -> _Placement:
+    """Check the quota, then link (or copy) the message into new/."""
+    size, vsize = source.sizes_for(target)
+    if target.quota is not None and quota.would_exceed(
+        target.maildir, target.quota, size
+    ):
+        return _Placement(target, DeliveryOutcome.QUOTA_EXCEEDED)
+    name = unique_name(size, vsize, tag)
+    if target.header or not source.link_into(target, target.maildir / "new" / name):
+        _copy_into(source, target, name)
+    return _Placement(target, DeliveryOutcome.DELIVERED, name, size, tag)
+
+
+def _copy_into(source: _Source, target: MailboxTarget, name: str) -> None:
+    """Write target's own copy in its tmp/, then rename it into new/."""
+    temporary = target.maildir / "tmp" / name
+    fd = os.open(temporary, _CREATE_FLAGS, _FILE_MODE)
+    try:
+        _fill_copy(fd, source, target)
+        os.rename(temporary, target.maildir / "new" / name)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _fill_copy(fd: int, source: _Source, target: MailboxTarget) -> None:
+    """Write header and staged message to fd, fsync and close it."""
+    try:
+        if target.uid is not None or target.gid is not None:
+            os.fchown(fd, _or(target.uid, -1), _or(target.gid, -1))
+        _write_all(fd, target.header)
+        with open(source.path, "rb") as body:
+            while chunk := body.read(_BUFFER_BYTES):
+                _write_all(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_new_dirs(placements: list[_Placement], index: DedupeIndex) -> None:
+    """Fsync each new/ that got a message once; undo the messages of a failed one."""
+    delivered = [p for p in placements if p.outcome is DeliveryOutcome.DELIVERED]
+    for directory in {p.target.maildir / "new" for p in delivered}:
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:
+            for placement in delivered:
+                if placement.target.maildir / "new" == directory:
+                    _undo(placement, exc, index)
+
+
+def _undo(placement: _Placement, exc: OSError, index: DedupeIndex) -> None:
+    """Take back a message whose new/ could not be made durable."""
+    if placement.name is not None:
+        (placement.target.maildir / "new" / placement.name).unlink(missing_ok=True)
+    if placement.tag is not None:
+        tags = index.for_maildir(placement.target.maildir)
+        with tags.lock:
+            tags.discard(placement.tag)
+    failed = _failed(placement.target, exc)
+    placement.outcome, placement.name = failed.outcome, None
+
+
+def _record_quota(placements: list[_Placement]) -> None:
+    """Add each delivered message to its mailbox's maildirsize."""
+    for placement in placements:
+        limits = placement.target.quota
+        if placement.outcome is not DeliveryOutcome.DELIVERED or limits is None:
+            continue
+        try:
+            quota.record_delivery(placement.target.maildir, placement.size, limits)
+        except OSError:
+            # The message is safe; the next recalculation corrects the count.
+            log.warning("%s quota not updated", _who(placement.target), exc_info=True)
+
+
+def _failed(target: MailboxTarget, exc: Exception) -> _Placement:
+    """Log a failed delivery and say whether it was for want of space."""
+    queue = target.dedupe_key or "-"
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        log.warning("queue=%s %s status=no_space (%s)", queue, _who(target), exc)
+        return _Placement(target, DeliveryOutcome.NO_SPACE)
+    log.error("queue=%s %s status=failed", queue, _who(target), exc_info=exc)
+    return _Placement(target, DeliveryOutcome.FAILED)
+
+
+def _who(target: MailboxTarget) -> str:
+    """Return "domain=... user=..." for log lines about target."""
+    user, _, domain = target.recipient.rpartition("@")
+    return f"domain={domain} user={user}"
+
+
+def _make_dir(directory: Path, uid: int | None, gid: int | None, mode: int) -> None:
+    """Create one directory with exactly mode and the owner asked for."""
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return
+    os.chmod(directory, mode)  # mkdir's mode passes through the umask
+    if uid is not None or gid is not None:
+        os.chown(directory, _or(uid, -1), _or(gid, -1))
+
+
+def _last_touched(entry: os.DirEntry[str]) -> float:
+    """Return when a regular file was last touched (never, for anything else)."""
+    try:
+        status = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return float("inf")
+    if not entry.is_file(follow_symlinks=False):
+        return float("inf")
+    # The spec speaks of access time, but many mounts do not keep it (noatime):
+    # a file counts as idle only when it was neither read, written nor renamed.
+    return max(status.st_atime, status.st_mtime, status.st_ctime)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Fsync a directory, making the names just added to it durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write all of data, however many write calls it takes."""
+    with memoryview(data) as view:
+        offset = 0
+        while offset < len(view):
+            offset += os.write(fd, view[offset:])
+
+
+def _check_header_lines(lines: bytes, what: str) -> None:
+    """Reject header text that is not whole LF-terminated lines without CR."""
+    if lines and (not lines.endswith(b"\n") or b"\r" in lines):
+        raise ValueError(f"{what} must be LF-terminated header lines without CR")
+
+
+def _or(value: int | None, default: int) -> int:
+    """Return value, or default when it is None."""
+    return default if value is None else value
+
+
+@functools.cache
+def _hostname() -> str:
+    """Return this host's name, made safe for file names (looked up once)."""
+    return sanitize_hostname(socket.gethostname())

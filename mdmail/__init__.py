@@ -1,0 +1,1 @@
+"""mdmail: the admin command on top of the components."""

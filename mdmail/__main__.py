@@ -1,0 +1,7 @@
+"""python -m mdmail runs the mdmail command."""
+
+import sys
+
+from mdmail.cli import main
+
+sys.exit(main())
