@@ -9,8 +9,8 @@ Run: .venv/bin/python bench/resolve_bench.py [--domains 1000] [--accounts 1000]
 """
 
 import argparse
-import os
 import json
+import os
 import random
 import resource
 import shutil

@@ -32,6 +32,7 @@ from mdcore.aliases import (
 from mdcore.atomic import atomic_write, bump_serial, locked
 from mdcore.errors import AdminError
 from mdcore.layout import DomainTree, StateRoot, hosted_domains
+from mdcore.logs import for_domain
 from mdcore.loops import find_alias_loop
 from mdcore.names import check_local_part, normalize_domain, parse_address
 from mdcore.passwords import hash_password
@@ -76,7 +77,9 @@ class Admin:
             if tree.path.exists() or tree.domain in self._domain_alias_table():
                 raise AdminError(f"domain {tree.domain} already exists")
             self._create_tree(tree, checked)
-        log.info("domain=%s event=domain-added", tree.domain)
+        log.info(
+            "domain=%s event=domain-added", tree.domain, extra=for_domain(tree.domain)
+        )
         return tree
 
     def _create_tree(self, tree: DomainTree, settings: DomainSettings) -> None:
@@ -108,7 +111,12 @@ class Admin:
                 del aliases[alias]
             self._write_domain_aliases(aliases)
             archived = self._retire(tree.path, tree.domain, purge)
-        log.info("domain=%s event=domain-removed purge=%s", tree.domain, purge)
+        log.info(
+            "domain=%s event=domain-removed purge=%s",
+            tree.domain,
+            purge,
+            extra=for_domain(tree.domain),
+        )
         return archived
 
     def _retire(self, path: Path, label: str, purge: bool) -> Path | None:
@@ -132,7 +140,10 @@ class Admin:
             settings = update_settings(load_settings(tree.settings), changes)
             _write_settings(tree, settings)
         log.info(
-            "domain=%s event=settings-changed keys=%s", tree.domain, ",".join(changes)
+            "domain=%s event=settings-changed keys=%s",
+            tree.domain,
+            ",".join(changes),
+            extra=for_domain(tree.domain),
         )
         return settings
 
@@ -148,7 +159,12 @@ class Admin:
                 raise AdminError(f"domain {alias_name} already exists")
             table[alias_name] = tree.domain
             self._write_domain_aliases(table)
-        log.info("domain=%s event=domain-alias-added alias=%s", tree.domain, alias_name)
+        log.info(
+            "domain=%s event=domain-alias-added alias=%s",
+            tree.domain,
+            alias_name,
+            extra=for_domain(tree.domain),
+        )
 
     def remove_domain_alias(self, alias: str) -> None:
         """Stop accepting mail for an alias domain."""
@@ -158,7 +174,11 @@ class Admin:
             if table.pop(alias_name, None) is None:
                 raise AdminError(f"{alias_name} is not an alias domain")
             self._write_domain_aliases(table)
-        log.info("domain=%s event=domain-alias-removed", alias_name)
+        log.info(
+            "domain=%s event=domain-alias-removed",
+            alias_name,
+            extra=for_domain(alias_name),
+        )
 
     def domain_aliases(self) -> dict[str, str]:
         """Alias domain -> hosted domain."""
@@ -218,7 +238,12 @@ class Admin:
             accounts.put(account)
             _make_maildir(tree, key, settings)
             self._write(tree, tree.passwd, accounts.text(), settings)
-        log.info("domain=%s user=%s event=account-added", tree.domain, key)
+        log.info(
+            "domain=%s user=%s event=account-added",
+            tree.domain,
+            key,
+            extra=for_domain(tree.domain),
+        )
         return account
 
     def update_account(self, domain: str, name: str, **changes: Any) -> Account:
@@ -240,6 +265,7 @@ class Admin:
             tree.domain,
             key,
             ",".join(sorted(changes)),
+            extra=for_domain(tree.domain),
         )
         return account
 
@@ -266,7 +292,11 @@ class Admin:
             if home.exists():
                 archived = self._retire(home, f"{tree.domain}.{key}", purge)
         log.info(
-            "domain=%s user=%s event=account-removed purge=%s", tree.domain, key, purge
+            "domain=%s user=%s event=account-removed purge=%s",
+            tree.domain,
+            key,
+            purge,
+            extra=for_domain(tree.domain),
         )
         return archived
 
@@ -301,6 +331,7 @@ class Admin:
             tree.domain,
             key,
             ",".join(checked),
+            extra=for_domain(tree.domain),
         )
         return merged
 
@@ -329,7 +360,12 @@ class Admin:
                 format_aliases(aliases),
                 load_settings(tree.settings),
             )
-        log.info("domain=%s user=%s event=alias-removed", tree.domain, key)
+        log.info(
+            "domain=%s user=%s event=alias-removed",
+            tree.domain,
+            key,
+            extra=for_domain(tree.domain),
+        )
 
     def _check_loops(self, domain: str, changed: dict[str, tuple[str, ...]]) -> None:
         loop = find_alias_loop(self.root, domain, changed)

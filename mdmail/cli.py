@@ -1,15 +1,15 @@
 """The mdmail command: argument parsing and dispatch to the subcommand modules."""
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from mdcore.errors import MdmailError
-from mdmail.commands import account, alias, demo, domain, importer, resolve
+from mdcore.logs import setup_logging
+from mdmail.commands import account, alias, demo, domain, importer, resolve, serve
 from mdmail.context import make_context
 
-GROUPS = (domain, account, alias, importer, resolve, demo)
+GROUPS = (domain, account, alias, importer, resolve, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one mdmail command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="mdmail: %(message)s",
-    )
     try:
         context = make_context(args)
+        setup_logging(
+            "mdmail",
+            level="INFO" if args.verbose else "WARNING",
+            root=context.config.root,
+        )
         args.handler(context, args)
     except MdmailError as error:
         print(f"mdmail: error: {error}", file=sys.stderr)

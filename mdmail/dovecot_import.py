@@ -82,7 +82,7 @@ def import_domain(
     users: list[ImportedUser],
     progress: Progress | None = None,
 ) -> int:
-    """Create the accounts and copy their mail; returns the number of messages copied."""
+    """Create the accounts and copy their mail; return how many messages were copied."""
     hosted = domain in admin.domains()
     _check_new(admin, domain, users, hosted)
     if not hosted:

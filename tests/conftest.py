@@ -29,3 +29,6 @@ def admin(root: StateRoot) -> Admin:
 def registry(root: StateRoot) -> Registry:
     """A registry that re-checks the serial file on every lookup."""
     return Registry(root, refresh_interval=0.0)
+
+
+pytest_plugins = ["tests.lmtp_process"]

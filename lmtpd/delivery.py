@@ -1,0 +1,318 @@
+"""The application behind the protocol core: recipient decisions and delivery.
+
+A `Transaction` follows one message: each RCPT is resolved in its domain's namespace
+and answered, the body is staged once as it streams in, and at the end it is made
+durable and linked into every mailbox before any 250 is returned. Blocking steps
+(fsync, links, quota files) run in worker threads, never on the event loop.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from lmtpd import replies
+from lmtpd.replies import Reply
+from mdcore.config import ServerConfig
+from mdcore.logs import for_domain
+from mdcore.maildir import (
+    DeliveryOutcome,
+    DeliveryResult,
+    MailboxTarget,
+    StagedMessage,
+    deliver,
+)
+from mdcore.namespace import Namespace, Registry
+from mdcore.quota import QuotaLimits, would_exceed
+from mdcore.resolve import Mailbox, Outcome, Resolution, resolve
+from mdcore.settings import OverQuota
+
+log = logging.getLogger(__name__)
+
+# What each resolution outcome is told at RCPT (RFC 3463 sections 3.2 and 3.4).
+_REFUSALS = {
+    Outcome.INVALID: replies.BAD_RECIPIENT_SYNTAX,
+    Outcome.NOT_HOSTED: replies.DOMAIN_NOT_HOSTED,
+    Outcome.UNKNOWN_USER: replies.NO_SUCH_USER,
+    Outcome.UNAVAILABLE: replies.LOCAL_ERROR,
+}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An accepted RCPT and the mailboxes it leads to."""
+
+    address: str
+    resolution: Resolution
+
+
+@dataclass
+class Transaction:
+    """One message on its way in: its recipients, then its staged body."""
+
+    queue_id: str
+    mail_from: str
+    recipients: list[Recipient] = field(default_factory=list)
+    staged: StagedMessage | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def mailboxes(self) -> list[Mailbox]:
+        """Distinct mailboxes of all recipients, in first-seen order."""
+        seen: dict[Mailbox, None] = {}
+        for recipient in self.recipients:
+            seen.update(dict.fromkeys(recipient.resolution.mailboxes))
+        return list(seen)
+
+    def discard(self) -> None:
+        """Remove the staged body, if any (the client went away or reset)."""
+        if self.staged is not None:
+            self.staged.abort()
+            self.staged = None
+
+
+class Deliverer:
+    """Decisions and delivery for every session of one server."""
+
+    def __init__(self, config: ServerConfig, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+
+    # RCPT
+
+    def check_recipient(
+        self, txn: Transaction, address: str, declared_size: int | None
+    ) -> tuple[Reply, Recipient | None]:
+        """Resolve a recipient and decide its RCPT reply (no disk writes)."""
+        resolution = resolve(self.registry, address)
+        refusal = _REFUSALS.get(resolution.outcome)
+        if refusal is None and not resolution.mailboxes:
+            refusal = replies.EXTERNAL_ALIAS
+        if refusal is None:
+            refusal = self._policy(txn, resolution, declared_size)
+        if refusal is not None:
+            self._log_refusal(txn, address, resolution, refusal)
+            return refusal.for_recipient(address), None
+        if resolution.external:
+            log.warning(
+                "%s: to=<%s>, domain=%s, status=partial (alias targets outside %s "
+                "are not forwarded here: the MTA must expand the alias)",
+                txn.queue_id,
+                address,
+                resolution.domain,
+                ", ".join(resolution.external),
+                extra=for_domain(resolution.domain),
+            )
+        recipient = Recipient(address, resolution)
+        txn.recipients.append(recipient)
+        return replies.RCPT_OK.for_recipient(address), recipient
+
+    def _policy(
+        self, txn: Transaction, resolution: Resolution, declared_size: int | None
+    ) -> Reply | None:
+        namespace = self.registry.namespace(resolution.domain)
+        if namespace is None:
+            return replies.LOCAL_ERROR
+        settings = namespace.settings
+        if (
+            settings.max_message_size
+            and (declared_size or 0) > settings.max_message_size
+        ):
+            return replies.MESSAGE_TOO_BIG
+        if settings.max_recipients:
+            count = sum(
+                1 for r in txn.recipients if r.resolution.domain == namespace.domain
+            )
+            if count >= settings.max_recipients:
+                return replies.TOO_MANY_RECIPIENTS
+        if settings.over_quota_policy is OverQuota.DEFER and self._over_quota(
+            resolution, declared_size or 0
+        ):
+            return replies.MAILBOX_FULL
+        return self._disabled(resolution)
+
+    def _over_quota(self, resolution: Resolution, size: int) -> bool:
+        # Reads maildirsize on the event loop: a small file in the page cache, and
+        # only for accounts that have a quota.
+        for mailbox in resolution.mailboxes:
+            target = self.target(mailbox, "", None)
+            if target.quota is not None and would_exceed(
+                target.maildir, target.quota, size
+            ):
+                return True
+        return False
+
+    def _disabled(self, resolution: Resolution) -> Reply | None:
+        if resolution.outcome is not Outcome.ACCOUNT:
+            return None
+        namespace = self.registry.namespace(resolution.domain)
+        account = namespace.account(resolution.local) if namespace else None
+        if account is not None and account.state == "disabled":
+            return replies.MAILBOX_DISABLED
+        return None
+
+    def _log_refusal(
+        self, txn: Transaction, address: str, resolution: Resolution, reply: Reply
+    ) -> None:
+        log.info(
+            "%s: to=<%s>, domain=%s, user=%s, dsn=%s, status=rejected (%s)",
+            txn.queue_id,
+            address,
+            resolution.domain or "-",
+            resolution.local or "-",
+            reply.enhanced,
+            reply.text,
+            extra=for_domain(resolution.domain) if resolution.domain else None,
+        )
+
+    # DATA
+
+    def open_body(self, txn: Transaction) -> StagedMessage:
+        """Stage the body: in the one mailbox's tmp/, or the state root's tmp/."""
+        mailboxes = txn.mailboxes()
+        prefix = _return_path(txn.mail_from)
+        if len(mailboxes) == 1:
+            staging = self.target(mailboxes[0], "", None).maildir / "tmp"
+            if len(txn.recipients) == 1:
+                prefix += _delivered_to(txn.recipients[0].address)
+        else:
+            staging = self.config.root.staging
+            staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        txn.staged = StagedMessage(staging, prefix)
+        return txn.staged
+
+    def target(
+        self, mailbox: Mailbox, recipient: str, dedupe: str | None
+    ) -> MailboxTarget:
+        """Where one mailbox's copy goes, with its owner and quota."""
+        namespace = self.registry.namespace(mailbox.domain)
+        if namespace is None:
+            raise LookupError(mailbox.domain)
+        return _target(namespace, mailbox, recipient, dedupe)
+
+    def finish(self, txn: Transaction, dedupe_key: str | None) -> list[Reply]:
+        """Make the message durable in every mailbox; one reply per recipient.
+
+        Blocking: the server runs this in a worker thread.
+        """
+        staged = txn.staged
+        if staged is None:
+            raise RuntimeError("finish() without a staged body")
+        try:
+            staged.commit()
+            outcomes = self._deliver(txn, staged, dedupe_key)
+        except OSError:
+            log.exception("%s: status=deferred (staging failed)", txn.queue_id)
+            outcomes = {}
+        finally:
+            txn.discard()
+        return [
+            self._reply(txn, recipient, outcomes, staged.size)
+            for recipient in txn.recipients
+        ]
+
+    def _deliver(
+        self, txn: Transaction, staged: StagedMessage, dedupe_key: str | None
+    ) -> dict[Mailbox, DeliveryResult]:
+        targets: list[tuple[Mailbox, MailboxTarget]] = []
+        for recipient in txn.recipients:
+            for mailbox in recipient.resolution.mailboxes:
+                if mailbox not in (box for box, _ in targets):
+                    targets.append(
+                        (mailbox, self.target(mailbox, recipient.address, dedupe_key))
+                    )
+        results = deliver(staged, [target for _, target in targets])
+        return {
+            mailbox: result
+            for (mailbox, _), result in zip(targets, results, strict=True)
+        }
+
+    def _reply(
+        self,
+        txn: Transaction,
+        recipient: Recipient,
+        outcomes: dict[Mailbox, DeliveryResult],
+        size: int,
+    ) -> Reply:
+        reply = replies.DELIVERED
+        for mailbox in recipient.resolution.mailboxes:
+            result = outcomes.get(mailbox)
+            failed = self._failure(mailbox, result)
+            if failed is not None:
+                reply = failed
+                break
+        reply = reply.for_recipient(recipient.address)
+        self._log_delivery(txn, recipient, reply, size)
+        return reply
+
+    def _failure(self, mailbox: Mailbox, result: DeliveryResult | None) -> Reply | None:
+        if result is None:
+            return replies.LOCAL_ERROR
+        outcome = result.outcome
+        if outcome in (DeliveryOutcome.DELIVERED, DeliveryOutcome.DUPLICATE):
+            return None
+        if outcome is DeliveryOutcome.QUOTA_EXCEEDED:
+            namespace = self.registry.namespace(mailbox.domain)
+            bounce = namespace is not None and (
+                namespace.settings.over_quota_policy is OverQuota.BOUNCE
+            )
+            return replies.MAILBOX_FULL_PERM if bounce else replies.MAILBOX_FULL
+        if outcome is DeliveryOutcome.NO_SPACE:
+            return replies.NO_SPACE
+        return replies.LOCAL_ERROR
+
+    def _log_delivery(
+        self, txn: Transaction, recipient: Recipient, reply: Reply, size: int
+    ) -> None:
+        resolution = recipient.resolution
+        status = (
+            "sent"
+            if reply.is_success
+            else ("deferred" if reply.code < 500 else "bounced")
+        )
+        log.info(
+            "%s: to=<%s>, domain=%s, user=%s, size=%d, delay=%.3f, dsn=%s, "
+            "status=%s (%s)",
+            txn.queue_id,
+            recipient.address,
+            resolution.domain,
+            resolution.local,
+            size,
+            time.monotonic() - txn.started,
+            reply.enhanced,
+            status,
+            reply.text,
+            extra=for_domain(resolution.domain),
+        )
+
+
+def _target(
+    namespace: Namespace, mailbox: Mailbox, recipient: str, dedupe: str | None
+) -> MailboxTarget:
+    settings = namespace.settings
+    account = namespace.account(mailbox.account)
+    quota = None
+    if account is not None and (account.quota_bytes or account.quota_messages):
+        quota = QuotaLimits(account.quota_bytes, account.quota_messages)
+    return MailboxTarget(
+        maildir=namespace.tree.maildir(mailbox.account),
+        recipient=recipient.lower(),
+        dedupe_key=dedupe,
+        uid=settings.uid,
+        gid=settings.gid,
+        quota=quota,
+    )
+
+
+def _return_path(mail_from: str) -> bytes:
+    # RFC 5321 section 4.4: the delivery agent records the reverse-path as
+    # Return-Path; Postfix does not add it over LMTP, so we do, as Dovecot does.
+    return f"Return-Path: <{_header_safe(mail_from)}>\n".encode()
+
+
+def _delivered_to(address: str) -> bytes:
+    # Only where one file serves one recipient: a file linked into several
+    # mailboxes cannot name each of them (Dovecot leaves it out then as well).
+    return f"Delivered-To: {_header_safe(address)}\n".encode()
+
+
+def _header_safe(text: str) -> str:
+    return "".join(char for char in text if char >= " " and char != "\x7f")

@@ -1,0 +1,46 @@
+"""Running the LMTP server as a process: signals, reload, readiness."""
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from lmtpd.server import LmtpServer
+from mdcore.config import ServerConfig, load_config
+from mdcore.errors import MdmailError
+from mdcore.systemd import notify
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    server = LmtpServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server)
+    notify("READY=1\nSTATUS=delivering")
+    await stop.wait()
+    notify("STOPPING=1")
+    log.info("lmtpd: stopping")
+    await server.stop()
+
+
+def _reload(server: LmtpServer) -> None:
+    source = server.config.source
+    if not source.startswith("/") and not Path(source).exists():
+        server.registry.invalidate()
+        log.info("lmtpd: namespaces reloaded")
+        return
+    try:
+        server.reload(load_config(Path(source)))
+    except MdmailError as error:
+        log.error("lmtpd: reload refused, keeping the running config: %s", error)
+
+
+def run(config: ServerConfig) -> None:
+    """Serve in this process until stopped."""
+    asyncio.run(serve(config))

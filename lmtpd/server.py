@@ -1,0 +1,303 @@
+"""The asyncio layer: sockets in, the protocol core and the Deliverer behind.
+
+Each connection is a `Session` task that feeds bytes to an `LMTPConnection` and
+answers its events. On SIGTERM the server stops listening, tells idle sessions
+"421 shutting down", lets messages in flight finish for a grace period, then
+abandons what is left (their staged bodies are removed: nothing was acknowledged).
+"""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import replace
+
+from lmtpd import replies
+from lmtpd.delivery import Deliverer, Transaction
+from lmtpd.events import (
+    BodyAborted,
+    BodyChunk,
+    BodyStart,
+    ConnectionClosed,
+    Event,
+    Lhlo,
+    MailFrom,
+    MessageComplete,
+    NeedData,
+    Quit,
+    RcptTo,
+)
+from lmtpd.protocol import LMTPConnection
+from lmtpd.transaction import Limits
+from mdcore.config import ServerConfig
+from mdcore.listeners import SocketOwner, open_listeners
+from mdcore.maildir import clean_stale
+from mdcore.namespace import Registry
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+SHUTDOWN_GRACE = 30.0
+
+
+class Session:
+    """One LMTP connection."""
+
+    ids = itertools.count(1)
+
+    def __init__(
+        self,
+        server: "LmtpServer",
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        config = server.config
+        self.conn = LMTPConnection(config.hostname, server.limits)
+        self.name = f"{server.session_prefix}{next(self.ids):x}"
+        self.peer = _peer(writer)
+        self.txn: Transaction | None = None
+        self.messages = itertools.count(1)
+        self.idle = True
+
+    async def run(self) -> None:
+        """Serve the connection until QUIT, EOF, timeout or shutdown."""
+        self.conn.send_greeting()
+        log.debug("%s: connect from %s", self.name, self.peer)
+        try:
+            await self._loop()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("%s: connection lost from %s", self.name, self.peer)
+        finally:
+            self._discard()
+            self.writer.close()
+
+    async def _loop(self) -> None:
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, NeedData):
+                await self._flush()
+                data = await self._read()
+                self.conn.receive_data(data)
+            elif isinstance(event, Quit | ConnectionClosed):
+                await self._flush()
+                return
+            else:
+                await self._handle(event)
+
+    async def _read(self) -> bytes:
+        self.idle = self.txn is None or self.txn.staged is None
+        if self.idle and self.server.stopping:
+            self.conn.shutdown(replies.SHUTTING_DOWN)
+            return b""
+        try:
+            return await asyncio.wait_for(
+                self.reader.read(READ_SIZE), self.server.config.lmtp.idle_timeout
+            )
+        except asyncio.CancelledError:
+            # stop() wakes idle sessions this way: say goodbye properly.
+            if not self.server.stopping:
+                raise
+            self.conn.shutdown(replies.SHUTTING_DOWN)
+            return b""
+        except TimeoutError:
+            log.info("%s: timeout from %s", self.name, self.peer)
+            self.conn.shutdown(replies.TIMEOUT)
+            return b""
+        finally:
+            self.idle = False
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _handle(self, event: Event) -> None:
+        if isinstance(event, BodyChunk):
+            if self.txn is not None and self.txn.staged is not None:
+                self.txn.staged.write(event.data)
+        elif isinstance(event, MailFrom):
+            self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
+        elif isinstance(event, RcptTo):
+            self._rcpt(event)
+        elif isinstance(event, BodyStart):
+            self._body_start()
+        elif isinstance(event, MessageComplete):
+            await self._complete(event)
+        elif isinstance(event, BodyAborted):
+            log.info("%s: message abandoned (%s)", self._qid(), event.reason.value)
+            self._discard()
+        elif isinstance(event, Lhlo):
+            log.debug("%s: lhlo=%s", self.name, event.session.lhlo_name)
+
+    def _rcpt(self, event: RcptTo) -> None:
+        if self.txn is None:
+            self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
+        reply, _ = self.server.deliverer.check_recipient(
+            self.txn, event.address, event.envelope.declared_size
+        )
+        self.conn.answer_rcpt(reply)
+
+    def _body_start(self) -> None:
+        if self.txn is None or not self.txn.recipients:
+            self.conn.answer_body_start(replies.LOCAL_ERROR)
+            return
+        try:
+            self.server.deliverer.open_body(self.txn)
+        except OSError:
+            log.exception("%s: cannot stage the message", self._qid())
+            self.conn.answer_body_start(replies.LOCAL_ERROR)
+            return
+        self.conn.answer_body_start(None)
+
+    async def _complete(self, event: MessageComplete) -> None:
+        txn = self.txn
+        if event.defect is not None or txn is None or txn.staged is None:
+            self._discard()
+            return
+        ident = self.conn.session.xforward.ident
+        # The queue id of the MTA, with the recipient, makes a retry after a lost
+        # connection a duplicate instead of a second copy.
+        replies_out = await asyncio.get_running_loop().run_in_executor(
+            None, self.server.deliverer.finish, txn, ident
+        )
+        self.txn = None
+        self.conn.answer_message(replies_out)
+
+    def _discard(self) -> None:
+        if self.txn is not None:
+            self.txn.discard()
+            self.txn = None
+
+    def _queue_id(self) -> str:
+        ident = self.conn.session.xforward.ident
+        return ident if ident else f"{self.name}.{next(self.messages)}"
+
+    def _qid(self) -> str:
+        return self.txn.queue_id if self.txn is not None else self.name
+
+
+class LmtpServer:
+    """All listeners and sessions of one LMTP server process."""
+
+    def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry(config.root)
+        self.deliverer = Deliverer(config, self.registry)
+        lmtp = config.lmtp
+        self.limits = Limits(
+            max_message_size=lmtp.max_message_size,
+            max_line_length=lmtp.max_line_length,
+            max_recipients=lmtp.max_recipients,
+        )
+        self.session_prefix = f"L{secrets.token_hex(2)}"
+        self.stopping = False
+        self.sessions: dict[asyncio.Task[None], Session] = {}
+        self.servers: list[asyncio.Server] = []
+        self.listening: list[str] = []
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Open the listeners (or use the given sockets) and start accepting."""
+        lmtp = self.config.lmtp
+        if sockets is None:
+            owner = SocketOwner(
+                int(lmtp.socket_mode, 8), lmtp.socket_owner, lmtp.socket_group
+            )
+            sockets = open_listeners(lmtp.listen, owner)
+        self._clean_staging()
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                server = await asyncio.start_unix_server(self._accept, sock=sock)
+            else:
+                server = await asyncio.start_server(self._accept, sock=sock)
+            self.servers.append(server)
+        self.listening = _names(self.servers)
+        log.info("lmtpd: listening on %s", ", ".join(self.listening))
+
+    def _clean_staging(self) -> None:
+        staging = self.config.root.staging
+        if staging.is_dir():
+            removed = clean_stale(staging, self.config.lmtp.tmp_max_age, time.time())
+            if removed:
+                log.info("lmtpd: removed %d stale staged file(s)", removed)
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        session = Session(self, reader, writer)
+        if len(self.sessions) >= self.config.lmtp.max_sessions or self.stopping:
+            reply = (
+                replies.SHUTTING_DOWN if self.stopping else replies.TOO_MANY_SESSIONS
+            )
+            writer.write(reply.to_bytes())
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions[task] = session
+        try:
+            await session.run()
+        finally:
+            del self.sessions[task]
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, close idle sessions, let deliveries finish, then exit."""
+        self.stopping = True
+        for server in self.servers:
+            server.close()
+        for task, session in list(self.sessions.items()):
+            if session.idle:
+                task.cancel()
+        await self._wait_sessions(grace)
+        for server in self.servers:
+            await server.wait_closed()
+        self._remove_socket_files()
+        log.info("lmtpd: stopped")
+
+    async def _wait_sessions(self, grace: float) -> None:
+        tasks = list(self.sessions)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    def _remove_socket_files(self) -> None:
+        for name in self.listening:
+            if name.startswith("/"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+
+    def reload(self, config: ServerConfig) -> None:
+        """Take a new configuration (SIGHUP); listeners stay as they are."""
+        self.config = replace(
+            config, lmtp=replace(config.lmtp, listen=self.config.lmtp.listen)
+        )
+        self.deliverer.config = self.config
+        self.registry.invalidate()
+        log.info("lmtpd: configuration reloaded from %s", config.source)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return "local"
+
+
+def _names(servers: list[asyncio.Server]) -> list[str]:
+    names = []
+    for server in servers:
+        for sock in server.sockets:
+            name = sock.getsockname()
+            names.append(name if isinstance(name, str) else f"{name[0]}:{name[1]}")
+    return names

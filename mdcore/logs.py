@@ -1,0 +1,133 @@
+"""Logging set-up: the server log, and each domain's own log in its tree.
+
+A log call that concerns one domain passes ``extra=for_domain(domain)``; the line then
+goes to the server log as usual and also to ``log/mail.log`` in that domain's tree, so a
+domain's admin can be given their own log and nothing of anyone else's.
+"""
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import IO
+
+from mdcore.errors import InvalidNameError
+from mdcore.layout import StateRoot
+
+DOMAIN_LOG_NAME = "mail.log"
+LINE_FORMAT = "%(asctime)s %(program)s[%(process)d]: %(message)s"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def for_domain(domain: str) -> dict[str, str]:
+    """The `extra` argument that tags a log record with its domain."""
+    return {"domain": domain}
+
+
+class _ProgramFilter(logging.Filter):
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.program = self.program
+        return True
+
+
+class DomainLogHandler(logging.Handler):
+    """Appends records tagged with a hosted domain to that domain's own log."""
+
+    MAX_OPEN = 64
+
+    def __init__(self, root: StateRoot) -> None:
+        super().__init__()
+        self.root = root
+        self._files: OrderedDict[str, IO[str]] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record to its domain's log, if it names a hosted domain."""
+        domain = getattr(record, "domain", None)
+        if not isinstance(domain, str) or not domain:
+            return
+        try:
+            line = self.format(record)
+            with self._guard:
+                stream = self._stream(domain)
+                if stream is not None:
+                    stream.write(line + "\n")
+                    stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _stream(self, domain: str) -> IO[str] | None:
+        stream = self._files.get(domain)
+        if stream is not None:
+            self._files.move_to_end(domain)
+            return stream
+        try:
+            folder = self.root.tree(domain).logs
+        except InvalidNameError:
+            return None
+        if not folder.is_dir():
+            return None
+        stream = open(folder / DOMAIN_LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115
+        _match_owner(stream, folder)
+        self._files[domain] = stream
+        if len(self._files) > self.MAX_OPEN:
+            _, oldest = self._files.popitem(last=False)
+            oldest.close()
+        return stream
+
+    def close(self) -> None:
+        """Close every open domain log."""
+        with self._guard:
+            for stream in self._files.values():
+                stream.close()
+            self._files.clear()
+        super().close()
+
+
+def _match_owner(stream: IO[str], folder: Path) -> None:
+    # A domain with its own uid owns its log too, whoever wrote the first line.
+    owner = os.stat(folder)
+    info = os.fstat(stream.fileno())
+    if (info.st_uid, info.st_gid) != (owner.st_uid, owner.st_gid) and os.geteuid() == 0:
+        os.fchown(stream.fileno(), owner.st_uid, owner.st_gid)
+
+
+def setup_logging(
+    program: str,
+    level: str = "INFO",
+    file: str = "",
+    root: StateRoot | None = None,
+) -> None:
+    """Send log lines to stderr (or a file), and to domain logs when root is given."""
+    formatter = logging.Formatter(LINE_FORMAT, TIME_FORMAT)
+    formatter.converter = time.gmtime
+    main: logging.Handler
+    if file:
+        main = logging.FileHandler(file, encoding="utf-8")
+    else:
+        main = logging.StreamHandler(sys.stderr)
+    main.setLevel(level)
+    handlers: list[logging.Handler] = [main]
+    if root is not None:
+        # A domain's own log always gets its INFO events, whatever the server log's
+        # level: they are that domain's record of deliveries, logins and changes.
+        domain_handler = DomainLogHandler(root)
+        domain_handler.setLevel(min(logging.INFO, main.level))
+        handlers.append(domain_handler)
+
+    logger = logging.getLogger()
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(_ProgramFilter(program))
+        logger.addHandler(handler)
+    logger.setLevel(min(handler.level for handler in handlers))
