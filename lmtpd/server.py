@@ -14,7 +14,10 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from lmtpd import replies
 from lmtpd.delivery import Deliverer, Transaction
@@ -41,6 +44,9 @@ from mdcore.namespace import Registry
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+MAX_WORKERS = 64
+
+T = TypeVar("T")
 SHUTDOWN_GRACE = 30.0
 
 
@@ -128,7 +134,7 @@ class Session:
         elif isinstance(event, RcptTo):
             self._rcpt(event)
         elif isinstance(event, BodyStart):
-            self._body_start()
+            await self._body_start()
         elif isinstance(event, MessageComplete):
             await self._complete(event)
         elif isinstance(event, BodyAborted):
@@ -145,12 +151,13 @@ class Session:
         )
         self.conn.answer_rcpt(reply)
 
-    def _body_start(self) -> None:
+    async def _body_start(self) -> None:
         if self.txn is None or not self.txn.recipients:
             self.conn.answer_body_start(replies.LOCAL_ERROR)
             return
         try:
-            self.server.deliverer.open_body(self.txn)
+            # Creating a file waits on the file system journal: off the loop.
+            await self.server.in_worker(self.server.deliverer.open_body, self.txn)
         except OSError:
             log.exception("%s: cannot stage the message", self._qid())
             self.conn.answer_body_start(replies.LOCAL_ERROR)
@@ -165,8 +172,8 @@ class Session:
         ident = self.conn.session.xforward.ident
         # The queue id of the MTA, with the recipient, makes a retry after a lost
         # connection a duplicate instead of a second copy.
-        replies_out = await asyncio.get_running_loop().run_in_executor(
-            None, self.server.deliverer.finish, txn, ident
+        replies_out = await self.server.in_worker(
+            self.server.deliverer.finish, txn, ident
         )
         self.txn = None
         self.conn.answer_message(replies_out)
@@ -202,6 +209,11 @@ class LmtpServer:
         self.sessions: dict[asyncio.Task[None], Session] = {}
         self.servers: list[asyncio.Server] = []
         self.listening: list[str] = []
+        # One worker per concurrent delivery, up to a bound: the disk commits many
+        # fsyncs together (a journal commit serves all writers waiting on it), so
+        # parallel deliveries are what makes durable delivery fast.
+        workers = min(config.lmtp.max_sessions, MAX_WORKERS)
+        self.workers = ThreadPoolExecutor(workers, thread_name_prefix="deliver")
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Open the listeners (or use the given sockets) and start accepting."""
@@ -247,6 +259,11 @@ class LmtpServer:
         finally:
             del self.sessions[task]
 
+    async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step (file creation, fsync, links) in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.workers, function, *args)
+
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, close idle sessions, let deliveries finish, then exit."""
         self.stopping = True
@@ -259,6 +276,7 @@ class LmtpServer:
         for server in self.servers:
             await server.wait_closed()
         self._remove_socket_files()
+        self.workers.shutdown(wait=True)
         log.info("lmtpd: stopped")
 
     async def _wait_sessions(self, grace: float) -> None:
