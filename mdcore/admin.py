@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -395,9 +395,14 @@ class Admin:
 
     @contextmanager
     def _domain_lock(self, tree: DomainTree) -> Iterator[None]:
-        with locked(tree.lock):
+        gone = AdminError(f"domain {tree.domain} was removed meanwhile")
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(locked(tree.lock))
+            except FileNotFoundError:
+                raise gone from None
             if not tree.path.is_dir():
-                raise AdminError(f"domain {tree.domain} was removed meanwhile")
+                raise gone
             yield
 
 

@@ -148,7 +148,9 @@ class ServerConfig:
     milter: MilterConfig = field(default_factory=MilterConfig)
     domains: tuple[DomainBinding, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
-    source: str = field(default="(embedded defaults)", compare=False)
+    source: str = field(
+        default="(embedded defaults)", compare=False, metadata={"internal": True}
+    )
 
     @property
     def root(self) -> StateRoot:
@@ -159,8 +161,6 @@ class ServerConfig:
 def load_config(path: Path) -> ServerConfig:
     """Load and validate a server configuration file."""
     data = schema.read_yaml(path)
-    if "source" in data:
-        raise ConfigError(str(path), "source", "unknown key")
     config = schema.load(ServerConfig, data, str(path))
     config = _resolve_state_root(config, path)
     check_bindings(config, str(path))

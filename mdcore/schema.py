@@ -62,7 +62,11 @@ def load(cls: type[T], data: Mapping[str, Any], file: str, prefix: str = "") -> 
     if not isinstance(data, Mapping):
         raise ConfigError(file, prefix.rstrip("."), "must be a mapping")
 
-    fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {
+        field.name: field
+        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if not field.metadata.get("internal")
+    }
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:

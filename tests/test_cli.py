@@ -439,7 +439,8 @@ def test_demo(tmp_path: Path) -> None:
         text=True,
         timeout=TIMEOUT,
     )
-    assert (result.returncode, result.stderr) == (0, "")
+    # The demo's own log lines may go to stderr: only the outcome is checked here.
+    assert result.returncode == 0, result.stderr
     assert "foo@abc.example with password 'abc-secret': accepted\n" in result.stdout
     assert "foo@xyz.example with password 'abc-secret': refused\n" in result.stdout
     assert (tmp_path / "demo-state" / "domains" / "abc.example").is_dir()

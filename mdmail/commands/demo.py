@@ -11,11 +11,13 @@ import asyncio
 import shutil
 import smtplib
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from lmtpd.server import LmtpServer
 from mdcore.admin import Admin
 from mdcore.config import ServerConfig
+from mdcore.errors import AdminError
 from mdcore.listeners import SocketOwner, open_listeners
 from mdcore.mailbox_reader import list_messages
 from mdcore.namespace import Registry
@@ -24,6 +26,7 @@ from mdcore.resolve import resolve
 from mdmail.context import Context
 
 DEMO_ROOT = "demo-state"
+DEMO_MARKER = ".mdmail-demo"
 
 ADDRESSES = (
     "foo@abc.example",
@@ -57,7 +60,7 @@ def register(commands: Any) -> None:
 def demo_command(context: Context, args: argparse.Namespace) -> None:
     """Build the demo state from scratch and walk through it."""
     root = context.config.root
-    shutil.rmtree(root.path, ignore_errors=True)
+    _reset_demo_root(root.path)
     say = context.out.write
     say(f"Demo state root: {root.path}\n\n")
 
@@ -67,6 +70,16 @@ def demo_command(context: Context, args: argparse.Namespace) -> None:
     show_passwords(registry, say)
     deliver_through_lmtp(context.config, say)
     show_mailboxes(context.admin, say)
+
+
+def _reset_demo_root(path: Path) -> None:
+    # The demo starts from scratch, but never wipes a folder it did not make.
+    marker = path / DEMO_MARKER
+    if path.exists() and any(path.iterdir()) and not marker.exists():
+        raise AdminError(f"{path} exists and is not a demo state root; not touching it")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    marker.write_text("made by mdmail demo\n")
 
 
 def build_domains(admin: Admin, say: Any) -> None:
