@@ -6,10 +6,19 @@ from collections.abc import Sequence
 
 from mdcore.errors import MdmailError
 from mdcore.logs import setup_logging
-from mdmail.commands import account, alias, demo, domain, importer, resolve, serve
+from mdmail.commands import (
+    account,
+    alias,
+    demo,
+    domain,
+    explain,
+    importer,
+    resolve,
+    serve,
+)
 from mdmail.context import make_context
 
-GROUPS = (domain, account, alias, importer, resolve, serve, demo)
+GROUPS = (domain, account, alias, importer, resolve, explain, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
