@@ -15,7 +15,9 @@ from pathlib import Path
 
 from mdcore.accounts import Account, parse_line
 from mdcore.admin import Admin
+from mdcore.atomic import atomic_write
 from mdcore.errors import AdminError, InvalidNameError
+from mdcore.maildrop import UIDL_MAP_FILE, uidls_from_dovecot
 from mdcore.names import check_local_part, normalize_domain
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,18 @@ def import_domain(
             # The stored name may differ in case from the file's: copy to its home.
             target = admin.tree(domain).maildir(added.name)
             copied = _copy_maildir(user.maildir, target, copied, total, progress)
+            keep_pop3_uidls(target)
             _chown_copy(target, added)
         log.info("domain=%s user=%s event=account-imported", domain, added.name)
     return copied
+
+
+def keep_pop3_uidls(maildir: Path) -> None:
+    """Record the UIDLs Dovecot's POP3 showed, so clients download nothing again."""
+    uidls = uidls_from_dovecot(maildir)
+    if uidls:
+        text = "".join(f"{name} {uidl}\n" for name, uidl in sorted(uidls.items()))
+        atomic_write(maildir / UIDL_MAP_FILE, text, mode=0o600)
 
 
 def _check_new(

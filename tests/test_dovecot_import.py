@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mdcore.accounts import parse_line
+from mdcore.maildrop import UIDL_MAP_FILE
 from mdcore.passwords import hash_password, verify_password
 
 TIMEOUT = 60
@@ -57,11 +58,11 @@ def write_maildir(path: Path, messages: Maildir) -> None:
 
 
 def files_of(path: Path) -> Maildir:
-    """Every file under path with its bytes."""
+    """Every file under path with its bytes, less the UIDL map the import adds."""
     return {
         str(item.relative_to(path)): item.read_bytes()
         for item in sorted(path.rglob("*"))
-        if item.is_file()
+        if item.is_file() and item.name != UIDL_MAP_FILE
     }
 
 
@@ -153,6 +154,10 @@ def test_import_one_domain(tmp_path: Path, dovecot: Path) -> None:
     mail = state / "domains" / "a.test" / "mail"
     assert files_of(mail / "alice" / "Maildir") == ALICE_MAIL
     assert files_of(mail / "bob" / "Maildir") == BOB_MAIL
+    # The UIDLs Dovecot's POP3 showed (%08Xu%08Xv) are kept for our POP3.
+    assert (mail / "bob" / "Maildir" / UIDL_MAP_FILE).read_text() == (
+        "1700000010.M1P2.old 000000016553F100\n"
+    )
     for name in ("cur", "new", "tmp"):
         assert (mail / "bob" / "Maildir" / name).is_dir()
 
