@@ -106,7 +106,13 @@ class Pop3Config:
         _networks, default=("127.0.0.0/8", "::1/128")
     )
     max_sessions_per_client: int = schema.checked(_positive, default=10)
+    max_sessions: int = schema.checked(_positive, default=1000)
     idle_timeout: int = schema.checked(_positive, default=600)
+    certificate: str = ""
+    private_key: str = ""
+    login_delay_base: float = 0.5
+    login_delay_max: float = 16.0
+    forward_timeout: int = schema.checked(_positive, default=30)
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ class DomainBinding:
     server_names: tuple[str, ...] = schema.checked(_server_names, default=())
     client_networks: tuple[str, ...] = schema.checked(_networks, default=())
     forward_to: str = ""
+    certificate: str = ""
+    private_key: str = ""
 
 
 @dataclass(frozen=True)
