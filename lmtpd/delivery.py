@@ -6,6 +6,7 @@ durable and linked into every mailbox before any 250 is returned. Blocking steps
 (fsync, links, quota files) run in worker threads, never on the event loop.
 """
 
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from mdcore.maildir import (
     MailboxTarget,
     StagedMessage,
     deliver,
+    ensure_maildir,
 )
 from mdcore.namespace import Namespace, Registry
 from mdcore.quota import QuotaLimits, would_exceed
@@ -27,6 +29,8 @@ from mdcore.resolve import Mailbox, Outcome, Resolution, resolve
 from mdcore.settings import OverQuota
 
 log = logging.getLogger(__name__)
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # What each resolution outcome is told at RCPT (RFC 3463 sections 3.2 and 3.4).
 _REFUSALS = {
@@ -54,6 +58,8 @@ class Transaction:
     recipients: list[Recipient] = field(default_factory=list)
     staged: StagedMessage | None = None
     started: float = field(default_factory=time.monotonic)
+    # Why staging the body failed, if it did: every recipient is told at its end.
+    failure: Reply | None = None
 
     def mailboxes(self) -> list[Mailbox]:
         """Distinct mailboxes of all recipients, in first-seen order."""
@@ -67,6 +73,11 @@ class Transaction:
         if self.staged is not None:
             self.staged.abort()
             self.staged = None
+
+    def fail(self, exc: OSError) -> None:
+        """Give up staging the body (a write failed): free its space at once."""
+        self.discard()
+        self.failure = staging_failure(self.queue_id, exc)
 
 
 class Deliverer:
@@ -93,11 +104,12 @@ class Deliverer:
             return refusal.for_recipient(address), None
         if resolution.external:
             log.warning(
-                "%s: to=<%s>, domain=%s, status=partial (alias targets outside %s "
-                "are not forwarded here: the MTA must expand the alias)",
+                "%s: to=<%s>, domain=%s, user=%s, status=partial (not forwarded to "
+                "the outside targets %s: the MTA must expand the alias)",
                 txn.queue_id,
                 address,
                 resolution.domain,
+                resolution.local,
                 ", ".join(resolution.external),
                 extra=for_domain(resolution.domain),
             )
@@ -170,9 +182,9 @@ class Deliverer:
         mailboxes = txn.mailboxes()
         prefix = _return_path(txn.mail_from)
         if len(mailboxes) == 1:
-            staging = self.target(mailboxes[0], "", None).maildir / "tmp"
+            staging = _present(self.target(mailboxes[0], "", None)).maildir / "tmp"
             if len(txn.recipients) == 1:
-                prefix += _delivered_to(txn.recipients[0].address)
+                prefix += _delivered_to(txn.recipients[0].resolution)
         else:
             staging = self.config.root.staging
             staging.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -195,19 +207,23 @@ class Deliverer:
         """
         staged = txn.staged
         if staged is None:
-            raise RuntimeError("finish() without a staged body")
+            return self._defer(txn, txn.failure or replies.LOCAL_ERROR, 0)
         try:
             staged.commit()
             outcomes = self._deliver(txn, staged, dedupe_key)
-        except OSError:
-            log.exception("%s: status=deferred (staging failed)", txn.queue_id)
-            outcomes = {}
+        except OSError as exc:
+            return self._defer(txn, staging_failure(txn.queue_id, exc), staged.size)
         finally:
             txn.discard()
         return [
             self._reply(txn, recipient, outcomes, staged.size)
             for recipient in txn.recipients
         ]
+
+    def _defer(self, txn: Transaction, reply: Reply, size: int) -> list[Reply]:
+        for recipient in txn.recipients:
+            self._log_delivery(txn, recipient, reply, size)
+        return [reply.for_recipient(r.address) for r in txn.recipients]
 
     def _deliver(
         self, txn: Transaction, staged: StagedMessage, dedupe_key: str | None
@@ -216,9 +232,8 @@ class Deliverer:
         for recipient in txn.recipients:
             for mailbox in recipient.resolution.mailboxes:
                 if mailbox not in (box for box, _ in targets):
-                    targets.append(
-                        (mailbox, self.target(mailbox, recipient.address, dedupe_key))
-                    )
+                    target = self.target(mailbox, recipient.address, dedupe_key)
+                    targets.append((mailbox, _present(target)))
         results = deliver(staged, [target for _, target in targets])
         return {
             mailbox: result
@@ -239,9 +254,9 @@ class Deliverer:
             if failed is not None:
                 reply = failed
                 break
-        reply = reply.for_recipient(recipient.address)
+        # Logged before the reply names its recipient: the line has to= already.
         self._log_delivery(txn, recipient, reply, size)
-        return reply
+        return reply.for_recipient(recipient.address)
 
     def _failure(self, mailbox: Mailbox, result: DeliveryResult | None) -> Reply | None:
         if result is None:
@@ -284,6 +299,15 @@ class Deliverer:
         )
 
 
+def staging_failure(queue_id: str, exc: OSError) -> Reply:
+    """Log why a body could not be staged; the reply is 452 when out of space."""
+    if exc.errno in _NO_SPACE:
+        log.warning("%s: cannot stage the message (%s)", queue_id, exc.strerror)
+        return replies.NO_SPACE
+    log.error("%s: cannot stage the message", queue_id, exc_info=exc)
+    return replies.LOCAL_ERROR
+
+
 def _target(
     namespace: Namespace, mailbox: Mailbox, recipient: str, dedupe: str | None
 ) -> MailboxTarget:
@@ -302,15 +326,27 @@ def _target(
     )
 
 
+def _present(target: MailboxTarget) -> MailboxTarget:
+    # An account added by hand (a passwd line, as Dovecot's passwd-file allows)
+    # has no Maildir yet: make it at its first delivery, as Dovecot's LDA does.
+    if not (target.maildir / "new").is_dir():
+        ensure_maildir(target.maildir, target.uid, target.gid)
+    return target
+
+
 def _return_path(mail_from: str) -> bytes:
     # RFC 5321 section 4.4: the delivery agent records the reverse-path as
     # Return-Path; Postfix does not add it over LMTP, so we do, as Dovecot does.
     return f"Return-Path: <{_header_safe(mail_from)}>\n".encode()
 
 
-def _delivered_to(address: str) -> bytes:
+def _delivered_to(resolution: Resolution) -> bytes:
     # Only where one file serves one recipient: a file linked into several
     # mailboxes cannot name each of them (Dovecot leaves it out then as well).
+    # The normal form of the address, not the RCPT text (no source route, no
+    # quoting, the domain as an A-label).
+    detail = f"+{resolution.detail}" if resolution.detail else ""
+    address = f"{resolution.local}{detail}@{resolution.domain}"
     return f"Delivered-To: {_header_safe(address)}\n".encode()
 
 

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from lmtpd import replies
-from lmtpd.delivery import Deliverer, Transaction
+from lmtpd.delivery import Deliverer, Transaction, staging_failure
 from lmtpd.events import (
     BodyAborted,
     BodyChunk,
@@ -37,8 +38,9 @@ from lmtpd.events import (
 from lmtpd.protocol import LMTPConnection
 from lmtpd.transaction import Limits
 from mdcore.config import ServerConfig
+from mdcore.layout import StateRoot, hosted_domains
 from mdcore.listeners import SocketOwner, open_listeners
-from mdcore.maildir import clean_stale
+from mdcore.maildir import clean_stale, clean_tmp
 from mdcore.namespace import Registry
 
 log = logging.getLogger(__name__)
@@ -127,8 +129,7 @@ class Session:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, BodyChunk):
-            if self.txn is not None and self.txn.staged is not None:
-                self.txn.staged.write(event.data)
+            self._stage(event.data)
         elif isinstance(event, MailFrom):
             self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
         elif isinstance(event, RcptTo):
@@ -158,15 +159,25 @@ class Session:
         try:
             # Creating a file waits on the file system journal: off the loop.
             await self.server.in_worker(self.server.deliverer.open_body, self.txn)
-        except OSError:
-            log.exception("%s: cannot stage the message", self._qid())
-            self.conn.answer_body_start(replies.LOCAL_ERROR)
+        except OSError as exc:
+            self.conn.answer_body_start(staging_failure(self._qid(), exc))
             return
         self.conn.answer_body_start(None)
 
+    def _stage(self, data: bytes) -> None:
+        txn = self.txn
+        if txn is None or txn.staged is None:
+            return
+        try:
+            txn.staged.write(data)
+        except OSError as exc:
+            # The rest of the body is read and dropped; at its end every
+            # recipient is told, so the client stays in step (RFC 2033 4.2).
+            txn.fail(exc)
+
     async def _complete(self, event: MessageComplete) -> None:
         txn = self.txn
-        if event.defect is not None or txn is None or txn.staged is None:
+        if event.defect is not None or txn is None:
             self._discard()
             return
         ident = self.conn.session.xforward.ident
@@ -198,12 +209,7 @@ class LmtpServer:
         self.config = config
         self.registry = registry or Registry(config.root)
         self.deliverer = Deliverer(config, self.registry)
-        lmtp = config.lmtp
-        self.limits = Limits(
-            max_message_size=lmtp.max_message_size,
-            max_line_length=lmtp.max_line_length,
-            max_recipients=lmtp.max_recipients,
-        )
+        self.limits = _limits(config)
         self.session_prefix = f"L{secrets.token_hex(2)}"
         self.stopping = False
         self.sessions: dict[asyncio.Task[None], Session] = {}
@@ -224,6 +230,11 @@ class LmtpServer:
             )
             sockets = open_listeners(lmtp.listen, owner)
         self._clean_staging()
+        # Maildir tmp/ files left by a crash: swept in the background, since a
+        # server with many mailboxes must not wait for it before accepting mail.
+        self.workers.submit(
+            sweep_maildir_tmp, self.config.root, self.config.lmtp.tmp_max_age
+        )
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
                 server = await asyncio.start_unix_server(self._accept, sock=sock)
@@ -301,8 +312,37 @@ class LmtpServer:
             config, lmtp=replace(config.lmtp, listen=self.config.lmtp.listen)
         )
         self.deliverer.config = self.config
+        # Sessions opened from now on get the new limits; open ones keep theirs.
+        self.limits = _limits(self.config)
         self.registry.invalidate()
         log.info("lmtpd: configuration reloaded from %s", config.source)
+
+
+def _limits(config: ServerConfig) -> Limits:
+    lmtp = config.lmtp
+    return Limits(
+        max_message_size=lmtp.max_message_size,
+        max_line_length=lmtp.max_line_length,
+        max_recipients=lmtp.max_recipients,
+    )
+
+
+def sweep_maildir_tmp(root: StateRoot, max_age: int) -> int:
+    """Remove files older than max_age from every hosted account's Maildir tmp/."""
+    removed = 0
+    for domain in hosted_domains(root):
+        mail = root.tree(domain).mail
+        try:
+            homes = list(os.scandir(mail))
+        except FileNotFoundError:
+            continue
+        for home in homes:
+            maildir = Path(home.path) / "Maildir"
+            if (maildir / "tmp").is_dir():
+                removed += clean_tmp(maildir, max_age)
+    if removed:
+        log.info("lmtpd: removed %d stale file(s) from Maildir tmp/ folders", removed)
+    return removed
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
