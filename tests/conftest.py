@@ -32,3 +32,4 @@ def registry(root: StateRoot) -> Registry:
 
 
 pytest_plugins = ["tests.lmtp_process"]
+pytest_plugins.append("tests.mta")
