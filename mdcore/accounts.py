@@ -97,7 +97,8 @@ def _parse_size(text: str) -> int:
     unit = text[-1:].upper()
     if unit in _UNITS:
         return int(text[:-1]) * _UNITS[unit]
-    return int(text)
+    # Dovecot reads a quota storage value without a unit as KiB.
+    return int(text) * 1024
 
 
 def format_line(account: Account) -> str:

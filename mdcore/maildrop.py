@@ -165,7 +165,8 @@ def uidls_from_dovecot(maildir: Path) -> dict[str, str]:
         uid, _, rest = line.partition(" ")
         _, colon, name = rest.rpartition(":")
         if uid.isdigit() and colon and name and validity is not None:
-            table[name.split(":", 1)[0]] = f"{int(uid):08X}{validity:08X}"
+            # Dovecot 2.3 prints %08Xu%08Xv in lower-case hex, whatever the "X".
+            table[name.split(":", 1)[0]] = f"{int(uid):08x}{validity:08x}"
     return table
 
 

@@ -156,7 +156,7 @@ def test_import_one_domain(tmp_path: Path, dovecot: Path) -> None:
     assert files_of(mail / "bob" / "Maildir") == BOB_MAIL
     # The UIDLs Dovecot's POP3 showed (%08Xu%08Xv) are kept for our POP3.
     assert (mail / "bob" / "Maildir" / UIDL_MAP_FILE).read_text() == (
-        "1700000010.M1P2.old 000000016553F100\n"
+        "1700000010.M1P2.old 000000016553f100\n"
     )
     for name in ("cur", "new", "tmp"):
         assert (mail / "bob" / "Maildir" / name).is_dir()

@@ -86,7 +86,7 @@ def test_imported_dovecot_uidls_are_kept(maildir: Path) -> None:
     lines = "".join(f"{uid} :{name}\n" for uid, name in enumerate(names[:2], 1))
     (maildir / "dovecot-uidlist").write_text(header + lines)
     table = uidls_from_dovecot(maildir)
-    assert table[names[0]] == "000000016553F100"
+    assert table[names[0]] == "000000016553f100"
     (maildir / UIDL_MAP_FILE).write_text(
         "".join(f"{name} {uidl}\n" for name, uidl in table.items())
     )
@@ -94,6 +94,6 @@ def test_imported_dovecot_uidls_are_kept(maildir: Path) -> None:
     drop = Maildrop.open(maildir)
     uidls = {message.info.uid: message.uidl for message in drop.messages}
     drop.close()
-    assert uidls[names[0]] == "000000016553F100"
-    assert uidls[names[1]] == "000000026553F100"
+    assert uidls[names[0]] == "000000016553f100"
+    assert uidls[names[1]] == "000000026553f100"
     assert uidls[names[2]] == names[2]
