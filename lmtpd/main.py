@@ -2,10 +2,12 @@
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
 from lmtpd.server import LmtpServer
+from mdcore import eventloop
 from mdcore.config import ServerConfig, load_config
 from mdcore.errors import MdmailError
 from mdcore.systemd import notify
@@ -43,4 +45,4 @@ def _reload(server: LmtpServer) -> None:
 
 def run(config: ServerConfig) -> None:
     """Serve in this process until stopped."""
-    asyncio.run(serve(config))
+    eventloop.run(serve(config), use_uvloop=os.environ.get("MDMAIL_UVLOOP") != "0")
