@@ -208,17 +208,37 @@ class Deliverer:
         staged = txn.staged
         if staged is None:
             return self._defer(txn, txn.failure or replies.LOCAL_ERROR, 0)
+        too_big = self._over_domain_size(txn, staged.size)
         try:
             staged.commit()
-            outcomes = self._deliver(txn, staged, dedupe_key)
+            outcomes = self._deliver(txn, staged, dedupe_key, too_big)
         except OSError as exc:
             return self._defer(txn, staging_failure(txn.queue_id, exc), staged.size)
         finally:
             txn.discard()
         return [
-            self._reply(txn, recipient, outcomes, staged.size)
+            self._refuse(txn, recipient, replies.MESSAGE_TOO_BIG, staged.size)
+            if recipient.address in too_big
+            else self._reply(txn, recipient, outcomes, staged.size)
             for recipient in txn.recipients
         ]
+
+    def _over_domain_size(self, txn: Transaction, size: int) -> set[str]:
+        # A domain's own max_message_size is checked against SIZE= at RCPT; a
+        # client that did not declare SIZE= is held to it here, per recipient.
+        over = set()
+        for recipient in txn.recipients:
+            namespace = self.registry.namespace(recipient.resolution.domain)
+            limit = namespace.settings.max_message_size if namespace else None
+            if limit and size > limit:
+                over.add(recipient.address)
+        return over
+
+    def _refuse(
+        self, txn: Transaction, recipient: Recipient, reply: Reply, size: int
+    ) -> Reply:
+        self._log_delivery(txn, recipient, reply, size)
+        return reply.for_recipient(recipient.address)
 
     def _defer(self, txn: Transaction, reply: Reply, size: int) -> list[Reply]:
         for recipient in txn.recipients:
@@ -226,10 +246,16 @@ class Deliverer:
         return [reply.for_recipient(r.address) for r in txn.recipients]
 
     def _deliver(
-        self, txn: Transaction, staged: StagedMessage, dedupe_key: str | None
+        self,
+        txn: Transaction,
+        staged: StagedMessage,
+        dedupe_key: str | None,
+        skip: set[str],
     ) -> dict[Mailbox, DeliveryResult]:
         targets: list[tuple[Mailbox, MailboxTarget]] = []
         for recipient in txn.recipients:
+            if recipient.address in skip:
+                continue
             for mailbox in recipient.resolution.mailboxes:
                 if mailbox not in (box for box, _ in targets):
                     target = self.target(mailbox, recipient.address, dedupe_key)

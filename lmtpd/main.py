@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the config file."""
     server = LmtpServer(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM that arrives while the listeners open must still
+    # stop the server cleanly (and remove its socket files).
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, server)
+    await server.start()
     notify("READY=1\nSTATUS=delivering")
     await stop.wait()
     notify("STOPPING=1")

@@ -52,6 +52,10 @@ T = TypeVar("T")
 SHUTDOWN_GRACE = 30.0
 
 
+class RepliesNotRead(Exception):
+    """The client left our replies unread for idle_timeout seconds."""
+
+
 class Session:
     """One LMTP connection."""
 
@@ -82,6 +86,8 @@ class Session:
             await self._loop()
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("%s: connection lost from %s", self.name, self.peer)
+        except RepliesNotRead:
+            log.info("%s: timeout writing to %s", self.name, self.peer)
         finally:
             self._discard()
             self.writer.close()
@@ -125,7 +131,15 @@ class Session:
         data = self.conn.data_to_send()
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            try:
+                await asyncio.wait_for(
+                    self.writer.drain(), self.server.config.lmtp.idle_timeout
+                )
+            except TimeoutError:
+                # A client that sends on but never reads its replies would hold
+                # its session for good: treat it as idle, and drop what is unsent.
+                self.writer.transport.abort()
+                raise RepliesNotRead from None
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, BodyChunk):

@@ -28,17 +28,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_for_port(host: str, port: int, timeout: float = START_TIMEOUT) -> None:
-    """Return once host:port accepts a connection, or fail after timeout."""
+def wait_for_ready(
+    channel: socket.socket, process: "subprocess.Popen[bytes]", timeout: float
+) -> None:
+    """Return once the server sends READY=1 (sd_notify(3)), or fail."""
     deadline = time.monotonic() + timeout
-    while True:
+    while process.poll() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("lmtpd did not report READY=1")
+        channel.settimeout(min(0.2, remaining))
         try:
-            with socket.create_connection((host, port), timeout=1):
+            if b"READY=1" in channel.recv(4096).split(b"\n"):
                 return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port}") from None
-            time.sleep(0.02)
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"lmtpd exited with status {process.returncode} at start")
 
 
 class LmtpProcess:
@@ -59,6 +64,8 @@ class LmtpProcess:
             **lmtp,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.notify_path = folder / "notify.sock"
+        self.notify: socket.socket | None = None
         self.write_config()
 
     def write_config(self, **extra: Any) -> None:
@@ -89,18 +96,41 @@ class LmtpProcess:
         return sorted((self.maildir(address) / "new").iterdir())
 
     def start(self) -> None:
-        """Start the server and wait until its TCP port accepts connections."""
+        """Start the server and wait until it reports ready, as systemd would.
+
+        READY=1 comes once every listener accepts and the signal handlers are
+        in place, so a test may connect (over TCP or the unix socket) or send
+        SIGTERM and SIGHUP at once; probing the port would be too early for both.
+        """
         command = [sys.executable, "-m", "mdmail", "--config", str(self.config_path)]
-        self.process = subprocess.Popen(
-            [*command, "serve", "lmtp"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "stderr.log", "ab"),  # noqa: SIM115
-        )
+        notify = self._open_notify()
+        with open(self.folder / "stderr.log", "ab") as stderr:
+            self.process = subprocess.Popen(
+                [*command, "serve", "lmtp"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**os.environ, "NOTIFY_SOCKET": str(self.notify_path)},
+            )
         try:
-            wait_for_port("127.0.0.1", self.port)
+            wait_for_ready(notify, self.process, START_TIMEOUT)
         except TimeoutError:
             self.kill()
             raise
+
+    def _open_notify(self) -> socket.socket:
+        # Kept open while the server runs: it also sends STOPPING=1, and a
+        # notify socket nobody listens on would make that send fail.
+        self.close_notify()
+        self.notify_path.unlink(missing_ok=True)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        return self.notify
+
+    def close_notify(self) -> None:
+        """Close the readiness socket (once the server has ended)."""
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
 
     def stop(self, timeout: float = 40.0) -> int:
         """SIGTERM and wait; returns the exit status."""
@@ -142,3 +172,4 @@ def lmtp_server(tmp_path: Path) -> Iterator[LmtpProcess]:
     finally:
         if server.process is not None:
             server.stop()
+        server.close_notify()

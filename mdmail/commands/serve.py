@@ -4,9 +4,13 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from lmtpd.main import run
+from lmtpd import main as lmtp_main
+from mdcore.errors import AdminError
 from mdcore.logs import setup_logging
 from mdmail.context import Context
+from pop3proxy import main as pop3_main
+
+LISTEN_HELP = "unix:/path or inet:ADDRESS:PORT, instead of the config's (repeatable)"
 
 
 def register(commands: Any) -> None:
@@ -17,13 +21,32 @@ def register(commands: Any) -> None:
         "lmtp",
         help="the LMTP delivery server (SIGTERM stops, SIGHUP reloads)",
     )
-    lmtp.add_argument(
-        "--listen",
+    lmtp.add_argument("--listen", action="append", metavar="SPEC", help=LISTEN_HELP)
+    lmtp.set_defaults(handler=serve_lmtp)
+
+    pop3 = servers.add_parser(
+        "pop3",
+        help="the multi-domain POP3 proxy (SIGTERM stops, SIGHUP reloads)",
+    )
+    pop3.add_argument("--listen", action="append", metavar="SPEC", help=LISTEN_HELP)
+    pop3.add_argument(
+        "--tls-listen",
         action="append",
         metavar="SPEC",
-        help="unix:/path or inet:ADDRESS:PORT, instead of the config's (repeatable)",
+        help="implicit TLS (POP3S) listener, instead of the config's (repeatable)",
     )
-    lmtp.set_defaults(handler=serve_lmtp)
+    pop3.set_defaults(handler=serve_pop3)
+
+    milter = servers.add_parser(
+        "milter",
+        help="the SMTP-time recipient milter for Postfix or sendmail (SIGTERM stops)",
+    )
+    milter.add_argument(
+        "--socket",
+        metavar="SPEC",
+        help="inet:PORT@ADDRESS or unix:/path, instead of the config's milter.socket",
+    )
+    milter.set_defaults(handler=serve_milter)
 
 
 def serve_lmtp(context: Context, args: argparse.Namespace) -> None:
@@ -32,4 +55,30 @@ def serve_lmtp(context: Context, args: argparse.Namespace) -> None:
     if args.listen:
         config = replace(config, lmtp=replace(config.lmtp, listen=tuple(args.listen)))
     setup_logging("lmtpd", config.log.level, config.log.file, config.root)
-    run(config)
+    lmtp_main.run(config)
+
+
+def serve_pop3(context: Context, args: argparse.Namespace) -> None:
+    """Run the POP3 proxy."""
+    config = context.config
+    pop3 = config.pop3
+    if args.listen:
+        pop3 = replace(pop3, listen=tuple(args.listen))
+    if args.tls_listen:
+        pop3 = replace(pop3, tls_listen=tuple(args.tls_listen))
+    config = replace(config, pop3=pop3)
+    setup_logging("pop3proxy", config.log.level, config.log.file, config.root)
+    pop3_main.run(config)
+
+
+def serve_milter(context: Context, args: argparse.Namespace) -> None:
+    """Run the milter (pymilter is imported only here: it is an optional extra)."""
+    try:
+        from mdmilter import service
+    except ImportError as error:
+        raise AdminError(
+            f"the milter needs pymilter ({error}): pip install 'mdmail[milter]'"
+        ) from None
+    config = context.config
+    setup_logging("mdmilter", config.log.level, config.log.file, config.root)
+    service.run(config, args.socket)
