@@ -103,9 +103,12 @@ class Deliverer:
             self._log_refusal(txn, address, resolution, refusal)
             return refusal.for_recipient(address), None
         if resolution.external:
-            log.warning(
-                "%s: to=<%s>, domain=%s, user=%s, status=partial (not forwarded to "
-                "the outside targets %s: the MTA must expand the alias)",
+            # The MTA's generated alias map (mdmail mta) sends the outside copies
+            # itself and keeps the alias for us; an MTA without it loses them,
+            # which this line lets an admin see.
+            log.info(
+                "%s: to=<%s>, domain=%s, user=%s, status=partial (outside targets "
+                "%s are left to the MTA's alias map)",
                 txn.queue_id,
                 address,
                 resolution.domain,

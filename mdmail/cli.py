@@ -13,12 +13,13 @@ from mdmail.commands import (
     domain,
     explain,
     importer,
+    mta,
     resolve,
     serve,
 )
 from mdmail.context import make_context
 
-GROUPS = (domain, account, alias, importer, resolve, explain, serve, demo)
+GROUPS = (domain, account, alias, importer, resolve, explain, serve, demo, mta)
 
 
 def build_parser() -> argparse.ArgumentParser:
