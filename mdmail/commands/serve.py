@@ -1,6 +1,7 @@
 """mdmail serve: run one of the servers in the foreground."""
 
 import argparse
+import importlib
 from dataclasses import replace
 from typing import Any
 
@@ -74,7 +75,8 @@ def serve_pop3(context: Context, args: argparse.Namespace) -> None:
 def serve_milter(context: Context, args: argparse.Namespace) -> None:
     """Run the milter (pymilter is imported only here: it is an optional extra)."""
     try:
-        from mdmilter import service
+        # Imported by name: pymilter is an optional extra, needed only here.
+        service = importlib.import_module("mdmilter.service")
     except ImportError as error:
         raise AdminError(
             f"the milter needs pymilter ({error}): pip install 'mdmail[milter]'"
