@@ -292,23 +292,26 @@ class Session:
     # TRANSACTION and UPDATE.
 
     async def _retrieve(self, event: RetrieveMessage) -> None:
-        """Stream a stored message, one chunk read and sent at a time."""
+        """Stream a stored message, one chunk read and sent at a time.
+
+        Each chunk is one worker step, the first opening the file too: a
+        hop to a thread costs more than reading a small message.
+        """
         assert self.drop is not None
-        stream: BinaryIO | None = None
+        reader = _MessageReader(self.drop, event.number - 1)
         try:
-            stream = await self.server.in_worker(self.drop.read, event.number - 1)
-            while chunk := await self.server.in_worker(stream.read, MESSAGE_CHUNK):
-                wanted = self.conn.feed_message(chunk)
+            while True:
+                chunk, last = await self.server.in_worker(reader.next_chunk)
+                wanted = self.conn.feed_message(chunk) if chunk else True
                 await self._flush()
-                if not wanted:
+                if last or not wanted:
                     break
         except (OSError, ValueError) as error:
             log.error("%s: cannot read message %s: %s", self.name, event.uid, error)
             self.conn.abort_message(responses.MESSAGE_UNAVAILABLE)
             return
         finally:
-            if stream is not None:
-                stream.close()
+            reader.close()
         self.conn.finish_message()
 
     async def _update(self, event: Update) -> None:
@@ -389,6 +392,27 @@ async def _finish_anyway(
 def _abandoned(abandon: Callable[[T], object], future: asyncio.Future[T]) -> None:
     if not future.cancelled() and future.exception() is None:
         abandon(future.result())
+
+
+class _MessageReader:
+    """One stored message, read chunk by chunk in worker steps."""
+
+    def __init__(self, drop: Maildrop, index: int) -> None:
+        self.drop = drop
+        self.index = index
+        self.stream: BinaryIO | None = None
+
+    def next_chunk(self) -> tuple[bytes, bool]:
+        """The next chunk, and whether it is the last; opens the file first."""
+        if self.stream is None:
+            self.stream = self.drop.read(self.index)
+        chunk = self.stream.read(MESSAGE_CHUNK)
+        # A buffered read of a file returns less than asked only at its end.
+        return chunk, len(chunk) < MESSAGE_CHUNK
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
 
 def _remove(drop: Maildrop, indexes: list[int]) -> int:
