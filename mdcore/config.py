@@ -123,6 +123,27 @@ class MilterConfig:
     timeout: int = schema.checked(_positive, default=10)
 
 
+def _web_listen(value: str) -> str:
+    if not _host_port(value):
+        raise ValueError(f"{value!r} is not ADDRESS:PORT")
+    return value
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The self-service web page: where it listens and whom it trusts."""
+
+    listen: str = schema.checked(_web_listen, default="127.0.0.1:8080")
+    # Empty: a fresh key at every start (everyone is logged out by a restart).
+    secret_key_file: str = ""
+    # Forwarded headers are believed only from these peers (the reverse proxy).
+    trusted_proxies: tuple[str, ...] = schema.checked(_networks, default=())
+    login_delay_base: float = 0.5
+    login_delay_max: float = 16.0
+    session_max_age: int = schema.checked(_positive, default=8 * 3600)
+    log_lines: int = schema.checked(_positive, default=200)
+
+
 @dataclass(frozen=True)
 class DomainBinding:
     """The ways sessions are tied to one domain (one rule set entry)."""
@@ -154,6 +175,7 @@ class ServerConfig:
     lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     milter: MilterConfig = field(default_factory=MilterConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     domains: tuple[DomainBinding, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     source: str = field(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mdcore import schema
-from mdcore.names import normalize_domain
+from mdcore.names import check_local_part, normalize_domain
 
 
 class OverQuota(enum.Enum):
@@ -41,6 +41,12 @@ def _over_quota(value: str) -> str:
     return value
 
 
+def _local_parts(value: tuple[str, ...]) -> tuple[str, ...]:
+    for local in value:
+        check_local_part(local)
+    return value
+
+
 def _domain_or_empty(value: str) -> str:
     return normalize_domain(value) if value else ""
 
@@ -72,6 +78,12 @@ class DomainSettings:
     uid: int | None = schema.checked(_id, default=None)
     gid: int | None = schema.checked(_id, default=None)
     description: str = ""
+    # The web page: who administers the domain there (local parts of its own
+    # accounts), whether people may ask for an account, and the password rules.
+    admins: tuple[str, ...] = schema.checked(_local_parts, default=())
+    self_registration: bool = False
+    password_min_length: int = schema.checked(_positive, default=10)
+    refuse_common_passwords: bool = True
 
     @property
     def over_quota_policy(self) -> OverQuota:

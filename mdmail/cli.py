@@ -14,12 +14,24 @@ from mdmail.commands import (
     explain,
     importer,
     mta,
+    report,
     resolve,
     serve,
 )
 from mdmail.context import make_context
 
-GROUPS = (domain, account, alias, importer, resolve, explain, serve, demo, mta)
+GROUPS = (
+    domain,
+    account,
+    alias,
+    importer,
+    resolve,
+    explain,
+    serve,
+    demo,
+    mta,
+    report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,8 +27,9 @@ from mdcore.errors import ConfigError
 from mdcore.listeners import SocketOwner, open_listener, parse_listen
 from mdcore.namespace import Registry
 from mdcore.systemd import inherited_sockets
+from mdcore.throttle import LoginThrottle
 from pop3proxy import responses
-from pop3proxy.auth import Authenticator, LoginAttempt, LoginThrottle, Verdict
+from pop3proxy.auth import Authenticator, LoginAttempt, Verdict
 from pop3proxy.dialogue import Settings
 from pop3proxy.responses import Response
 from pop3proxy.session import Session

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from mdcore import throttle as throttle_module
 from mdcore.accounts import DISABLED
 from mdcore.admin import Admin
 from mdcore.config import DomainBinding, ServerConfig
 from mdcore.domainchoice import Rule
 from mdcore.namespace import Registry
 from mdcore.passwords import hash_password
-from pop3proxy import auth
-from pop3proxy.auth import Authenticator, LoginAttempt, LoginThrottle, Outcome
+from mdcore.throttle import LoginThrottle
+from pop3proxy.auth import Authenticator, LoginAttempt, Outcome
 from pop3proxy.events import LoginMethod
 from tests.conftest import SECRET_HASH
 
@@ -185,7 +186,7 @@ def test_failures_are_forgotten() -> None:
 
 def test_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A spray of addresses cannot grow the table past its bound."""
-    monkeypatch.setattr(auth, "MAX_REMEMBERED", 4)
+    monkeypatch.setattr(throttle_module, "MAX_REMEMBERED", 4)
     limiter = throttle(Clock())
     for number in range(10):
         limiter.settle((f"192.0.2.{number}",), ok=False)

@@ -2,21 +2,25 @@
 
 The demo builds its own state root (demo-state/ in the current folder), starts the
 LMTP server in this process on a unix socket inside it, and walks mail for
-foo@abc.example and foo@xyz.example through it into two different Maildirs. No
-external service is needed.
+foo@abc.example and foo@xyz.example through it into two different Maildirs. Then
+it starts the POP3 proxy on two loopback addresses, one per domain (127.0.0.2 for
+abc.example, 127.0.0.3 for xyz.example), and fetches each mailbox as plain `foo`,
+the way an unmodified client would. No external service is needed.
 """
 
 import argparse
 import asyncio
+import poplib
 import shutil
 import smtplib
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lmtpd.server import LmtpServer
 from mdcore.admin import Admin
-from mdcore.config import ServerConfig
+from mdcore.config import DomainBinding, ServerConfig
 from mdcore.errors import AdminError
 from mdcore.listeners import SocketOwner, open_listeners
 from mdcore.mailbox_reader import list_messages
@@ -24,6 +28,7 @@ from mdcore.namespace import Registry
 from mdcore.passwords import verify_password
 from mdcore.resolve import resolve
 from mdmail.context import Context
+from pop3proxy.server import Pop3Server
 
 DEMO_ROOT = "demo-state"
 DEMO_MARKER = ".mdmail-demo"
@@ -48,6 +53,13 @@ MESSAGES = (
     ("sales@abc.example", "Sales enquiry", "To the sales alias: foo and bar."),
 )
 
+# One loopback address per domain: what pop.abc.example and pop.xyz.example would
+# resolve to on a real server (all of 127.0.0.0/8 is loopback on Linux).
+POP3_ADDRESSES = (
+    ("127.0.0.2", "abc.example", "abc-secret"),
+    ("127.0.0.3", "xyz.example", "xyz-secret"),
+)
+
 
 def register(commands: Any) -> None:
     """Add the demo subcommand."""
@@ -70,6 +82,7 @@ def demo_command(context: Context, args: argparse.Namespace) -> None:
     show_passwords(registry, say)
     deliver_through_lmtp(context.config, say)
     show_mailboxes(context.admin, say)
+    fetch_over_pop3(context.config, say)
 
 
 def _reset_demo_root(path: Path) -> None:
@@ -182,3 +195,67 @@ def _subject(data: bytes) -> str:
         if line.lower().startswith(b"subject:"):
             return line[8:].strip().decode("utf-8", "replace")
     return ""
+
+
+def fetch_over_pop3(config: ServerConfig, say: Any) -> None:
+    """Serve POP3 on one loopback address per domain and log in as plain foo."""
+    bindings = tuple(
+        DomainBinding(domain=domain, addresses=(address,))
+        for address, domain, _ in POP3_ADDRESSES
+    )
+    # The wrong-password probe below should not make the demo wait long.
+    pop3 = replace(config.pop3, login_delay_base=0.1, login_delay_max=0.2)
+    config = replace(config, hostname="pop.demo.example", domains=bindings, pop3=pop3)
+    say("\n6. Fetching over POP3, one address per domain, logging in as plain foo:\n")
+    asyncio.run(_pop3_sessions(config, say))
+
+
+async def _pop3_sessions(config: ServerConfig, say: Any) -> None:
+    sockets = [_listen(address) for address, _, _ in POP3_ADDRESSES]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    server = Pop3Server(config)
+    await server.start(plain=sockets, implicit=[])
+    try:
+        await asyncio.to_thread(_fetch_all, ports, say)
+    finally:
+        await server.stop(grace=5)
+
+
+def _listen(address: str) -> socket.socket:
+    # A free port picked by the kernel: the demo must not need port 110 or root.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, 0))
+    sock.listen()
+    return sock
+
+
+def _fetch_all(ports: list[int], say: Any) -> None:
+    for (address, domain, password), port in zip(POP3_ADDRESSES, ports, strict=True):
+        say(f"  {address}:{port} ({domain}), USER foo, PASS {password}:\n")
+        for line in _fetch(address, port, password):
+            say(f"    {line}\n")
+    address, port = POP3_ADDRESSES[1][0], ports[1]
+    say(f"  {address}:{port}, USER foo, PASS abc-secret (abc's password):\n")
+    for line in _fetch(address, port, "abc-secret"):
+        say(f"    {line}\n")
+
+
+def _fetch(address: str, port: int, password: str) -> list[str]:
+    """Log in as foo, list and read every message, keep them (no DELE)."""
+    client = poplib.POP3(address, port, timeout=30)
+    try:
+        client.user("foo")
+        client.pass_(password)
+        count, size = client.stat()
+        lines = [f"+OK logged in: {count} message(s), {size} octets"]
+        for number in range(1, count + 1):
+            _, body, _ = client.retr(number)
+            subject = _subject(b"\n".join(body))
+            lines.append(f"RETR {number}: {subject}")
+        client.quit()
+        return lines
+    except poplib.error_proto as error:
+        return [error.args[0].decode("utf-8", "replace")]
+    finally:
+        client.close()

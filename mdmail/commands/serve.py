@@ -6,9 +6,12 @@ from dataclasses import replace
 from typing import Any
 
 from lmtpd import main as lmtp_main
-from mdcore.errors import AdminError
+from mdcore import schema
+from mdcore.config import WebConfig
+from mdcore.errors import AdminError, ConfigError
 from mdcore.logs import setup_logging
 from mdmail.context import Context
+from mdweb import server as web_server
 from pop3proxy import main as pop3_main
 
 LISTEN_HELP = "unix:/path or inet:ADDRESS:PORT, instead of the config's (repeatable)"
@@ -37,6 +40,17 @@ def register(commands: Any) -> None:
         help="implicit TLS (POP3S) listener, instead of the config's (repeatable)",
     )
     pop3.set_defaults(handler=serve_pop3)
+
+    web = servers.add_parser(
+        "web",
+        help="the self-service web page of every domain (SIGTERM stops)",
+    )
+    web.add_argument(
+        "--listen",
+        metavar="ADDRESS:PORT",
+        help="where to listen, instead of the config's web.listen",
+    )
+    web.set_defaults(handler=serve_web)
 
     milter = servers.add_parser(
         "milter",
@@ -70,6 +84,19 @@ def serve_pop3(context: Context, args: argparse.Namespace) -> None:
     config = replace(config, pop3=pop3)
     setup_logging("pop3proxy", config.log.level, config.log.file, config.root)
     pop3_main.run(config)
+
+
+def serve_web(context: Context, args: argparse.Namespace) -> None:
+    """Run the self-service web page."""
+    config = context.config
+    if args.listen:
+        try:
+            web = schema.load(WebConfig, {"listen": args.listen}, "--listen")
+        except ConfigError as error:
+            raise AdminError(str(error)) from None
+        config = replace(config, web=replace(config.web, listen=web.listen))
+    setup_logging("mdweb", config.log.level, config.log.file, config.root)
+    web_server.run(config)
 
 
 def serve_milter(context: Context, args: argparse.Namespace) -> None:

@@ -1,0 +1,1 @@
+"""The self-service web page: each hosted domain's users manage their own account."""
