@@ -7,7 +7,9 @@ the same load to each listener in turn (20 sessions, a new connection per messag
 as most inbound mail comes), the order alternating from one repetition to the next;
 the ratio with/without is taken pair by pair and the table shows medians.
 "accepted" is the SMTP side (smtp-source's wall time), "delivered" runs until
-Postfix has logged status=sent for every message.
+Postfix has logged status=sent for every message. Postfix gets the milter settings
+`mdmail mta postfix --milter` writes, over TCP as the default milter.socket, except
+the milter time limits, left at Postfix's defaults: they change no rate.
 Run: .venv/bin/python bench/milter_bench.py [--messages 2000] [--repeat 3]
 """
 

@@ -23,6 +23,7 @@ from mdcore.maildir import (
     deliver,
     ensure_maildir,
 )
+from mdcore.metrics import Metrics, RecipientOutcome
 from mdcore.namespace import Namespace, Registry
 from mdcore.quota import QuotaLimits, would_exceed
 from mdcore.resolve import Mailbox, Outcome, Resolution, resolve
@@ -83,9 +84,12 @@ class Transaction:
 class Deliverer:
     """Decisions and delivery for every session of one server."""
 
-    def __init__(self, config: ServerConfig, registry: Registry) -> None:
+    def __init__(
+        self, config: ServerConfig, registry: Registry, metrics: Metrics
+    ) -> None:
         self.config = config
         self.registry = registry
+        self.metrics = metrics
 
     # RCPT
 
@@ -167,6 +171,11 @@ class Deliverer:
     def _log_refusal(
         self, txn: Transaction, address: str, resolution: Resolution, reply: Reply
     ) -> None:
+        # Counted as well as logged; a domain that is none of ours is not named.
+        ours = resolution.outcome not in (Outcome.INVALID, Outcome.NOT_HOSTED)
+        self.metrics.refusal(
+            resolution.domain if ours else "", RecipientOutcome.of(reply.code)
+        )
         log.info(
             "%s: to=<%s>, domain=%s, user=%s, dsn=%s, status=rejected (%s)",
             txn.queue_id,
@@ -312,6 +321,9 @@ class Deliverer:
             if reply.is_success
             else ("deferred" if reply.code < 500 else "bounced")
         )
+        delay = time.monotonic() - txn.started
+        outcome = RecipientOutcome.of(reply.code)
+        self.metrics.delivery(resolution.domain, outcome, size, delay)
         log.info(
             "%s: to=<%s>, domain=%s, user=%s, size=%d, delay=%.3f, dsn=%s, "
             "status=%s (%s)",
@@ -320,7 +332,7 @@ class Deliverer:
             resolution.domain,
             resolution.local,
             size,
-            time.monotonic() - txn.started,
+            delay,
             reply.enhanced,
             status,
             reply.text,

@@ -52,6 +52,13 @@ def _host_port(text: str) -> bool:
     return True
 
 
+def _metrics_listen(value: str) -> str:
+    # Empty turns the exporter off.
+    if value and not _host_port(value):
+        raise ValueError(f"{value!r} is not ADDRESS:PORT")
+    return value
+
+
 def _mode(value: str) -> str:
     try:
         number = int(value, 8)
@@ -94,6 +101,7 @@ class LmtpConfig:
     max_sessions: int = schema.checked(_positive, default=100)
     idle_timeout: int = schema.checked(_positive, default=300)
     tmp_max_age: int = schema.checked(_positive, default=36 * 3600)
+    metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 
 @dataclass(frozen=True)
@@ -113,14 +121,16 @@ class Pop3Config:
     login_delay_base: float = 0.5
     login_delay_max: float = 16.0
     forward_timeout: int = schema.checked(_positive, default=30)
+    metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 
 @dataclass(frozen=True)
 class MilterConfig:
-    """The milter's socket."""
+    """The milter's socket, its timeout and its metrics endpoint."""
 
     socket: str = "inet:8891@127.0.0.1"
     timeout: int = schema.checked(_positive, default=10)
+    metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 
 def _web_listen(value: str) -> str:
@@ -142,6 +152,7 @@ class WebConfig:
     login_delay_max: float = 16.0
     session_max_age: int = schema.checked(_positive, default=8 * 3600)
     log_lines: int = schema.checked(_positive, default=200)
+    metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 
 @dataclass(frozen=True)

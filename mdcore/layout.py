@@ -5,6 +5,7 @@ inside that domain's own tree: this is the confinement the shared server model g
 chroot, enforced in code.
 """
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ class DomainTree:
 
     def maildir(self, local: str) -> Path:
         """The Maildir of an account, where Dovecot's maildir:~/Maildir looks too."""
-        return self.home(local) / "Maildir"
+        return _maildir(self, local)
 
     def inside(self, path: Path) -> Path:
         """Return path if it lies within this tree, else raise InvalidNameError."""
@@ -115,6 +116,14 @@ class DomainTree:
         if os.path.commonpath([top, target]) != top or target == top:
             raise InvalidNameError(f"path {path} is outside the tree of {self.domain}")
         return Path(target)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _maildir(tree: DomainTree, local: str) -> Path:
+    """An account's Maildir, worked out once: every delivery asks for it again."""
+    # A pure function of the tree and the name, so a cached answer (or the
+    # InvalidNameError, which is not cached and raised again) never goes stale.
+    return tree.home(local) / "Maildir"
 
 
 def hosted_domains(root: StateRoot) -> list[str]:

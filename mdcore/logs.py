@@ -40,6 +40,9 @@ class _ProgramFilter(logging.Filter):
 class DomainLogHandler(logging.Handler):
     """Appends records tagged with a hosted domain to that domain's own log."""
 
+    # Limitation: an open log stays open, so one renamed by logrotate keeps
+    # getting lines until the process restarts; rotate with copytruncate, or
+    # reopening the files on SIGHUP would lift this.
     MAX_OPEN = 64
 
     def __init__(self, root: StateRoot) -> None:

@@ -14,6 +14,8 @@ INFO_SEPARATOR = ":"
 # "<seconds>.M<microseconds>..." at the start of our and Dovecot's names: the
 # delivery time, used to number messages in the order they arrived.
 _DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
+# ",S=<stored size>" and ",W=<CRLF size>" in the base name, as we and Dovecot write.
+_SIZE_FIELDS = re.compile(r",([SW])=(\d+)(?=[,:]|$)")
 _CHUNK_SIZE = 1 << 16
 
 
@@ -22,10 +24,20 @@ class MessageInfo:
     """One message file of a Maildir, with the sizes POP3 reports for it."""
 
     name: str
-    path: Path
+    directory: str
     size: int
     vsize: int
     uid: str
+
+    @property
+    def path(self) -> Path:
+        """Where the file was when the Maildir was listed."""
+        return Path(self.directory, self.name)
+
+    @property
+    def location(self) -> str:
+        """The same as a string, without building a Path (a listing has many)."""
+        return os.path.join(self.directory, self.name)
 
 
 def base_name(name: str) -> str:
@@ -46,8 +58,9 @@ def list_messages(maildir: Path) -> list[MessageInfo]:
     # new/ before cur/: a file a reader moves from new/ to cur/ between the two
     # listings is then seen twice (and kept once) instead of not at all.
     for subdir in ("new", "cur"):
-        for name in _file_names(maildir / subdir):
-            info = _message_info(maildir / subdir / name)
+        directory = os.path.join(maildir, subdir)
+        for name in _file_names(Path(directory)):
+            info = _message_info(directory, name)
             if info is not None:
                 found.setdefault(info.uid, info)
     return sorted(found.values(), key=_arrival_order)
@@ -81,18 +94,22 @@ def _file_names(directory: Path) -> list[str]:
     return [name for name in names if not name.startswith(".")]
 
 
-def _message_info(path: Path) -> MessageInfo | None:
+def _message_info(directory: str, name: str) -> MessageInfo | None:
     """Build the record for one file, or None if it vanished meanwhile."""
-    size = size_field(path.name, "S")
-    vsize = size_field(path.name, "W")
+    # A large maildrop is listed at every login: the sizes come from the name
+    # in one regex pass, and a file is opened only when its name lacks them.
+    uid = base_name(name)
+    fields = dict(_SIZE_FIELDS.findall(uid))
+    size = int(fields["S"]) if "S" in fields else None
+    vsize = int(fields["W"]) if "W" in fields else None
     try:
         if size is None:
-            size = path.stat().st_size
+            size = os.stat(os.path.join(directory, name)).st_size
         if vsize is None:
-            vsize = size + _count_line_ends(path)
+            vsize = size + _count_line_ends(Path(directory, name))
     except FileNotFoundError:
         return None
-    return MessageInfo(path.name, path, size, vsize, base_name(path.name))
+    return MessageInfo(name, directory, size, vsize, uid)
 
 
 def _count_line_ends(path: Path) -> int:

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +50,8 @@ _LINK_REFUSED = frozenset(
     {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 )
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Directory fsyncs in flight at once across all deliveries of a process.
+_DIR_SYNC_THREADS = 32
 _TAGGED_NAME = re.compile(r"(\d+)\.M\d+P\d+Q\d+D([0-9a-f]{12})\.")
 
 _sequence = itertools.count(1)
@@ -474,13 +477,40 @@ def _fill_copy(fd: int, source: _Source, target: MailboxTarget) -> None:
 def _sync_new_dirs(placements: list[_Placement], index: DedupeIndex) -> None:
     """Fsync each new/ that got a message once; undo the messages of a failed one."""
     delivered = [p for p in placements if p.outcome is DeliveryOutcome.DELIVERED]
-    for directory in {p.target.maildir / "new" for p in delivered}:
-        try:
-            _fsync_dir(directory)
-        except OSError as exc:
-            for placement in delivered:
-                if placement.target.maildir / "new" == directory:
-                    _undo(placement, exc, index)
+    directories = list(dict.fromkeys(p.target.maildir / "new" for p in delivered))
+    for directory, exc in zip(directories, _fsync_dirs(directories), strict=True):
+        if exc is None:
+            continue
+        for placement in delivered:
+            if placement.target.maildir / "new" == directory:
+                _undo(placement, exc, index)
+
+
+def _fsync_dirs(directories: list[Path]) -> list[OSError | None]:
+    """Fsync the directories together; the error of each, or None.
+
+    One after another, each fsync waits for a journal commit of its own. Issued
+    together, one commit serves them all: ten new/ folders take about as long
+    as one (measured on ext4: 2.8 ms against 8 to 11 ms for ten in a row).
+    """
+    if len(directories) <= 1:
+        return [_fsync_error(directory) for directory in directories]
+    return list(_dir_sync_pool().map(_fsync_error, directories))
+
+
+def _fsync_error(directory: Path) -> OSError | None:
+    """Fsync one directory; its error instead of raising it."""
+    try:
+        _fsync_dir(directory)
+    except OSError as exc:
+        return exc
+    return None
+
+
+@functools.cache
+def _dir_sync_pool() -> ThreadPoolExecutor:
+    """Threads for fsyncs issued together, apart from the callers' own pools."""
+    return ThreadPoolExecutor(_DIR_SYNC_THREADS, thread_name_prefix="dirsync")
 
 
 def _undo(placement: _Placement, exc: OSError, index: DedupeIndex) -> None:

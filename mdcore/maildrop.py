@@ -12,6 +12,9 @@ import hashlib
 import logging
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -61,19 +64,33 @@ class Maildrop:
         """Lock and list a Maildir; raise MaildropInUseError if it is locked."""
         lock_fd = _lock(maildir)
         try:
-            uidl_map = read_uidl_map(maildir)
-            messages = [
-                DropMessage(info, _uidl(info, uidl_map))
-                for info in list_messages(maildir)
-            ]
+            messages = LISTINGS.messages(maildir)
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(maildir, lock_fd, messages)
+        return cls(maildir, lock_fd, list(messages))
 
     def read(self, index: int) -> BinaryIO:
         """Open message number index (0-based) for reading, as stored (LF ends)."""
-        return open_message(self.maildir, self.messages[index].info.name)
+        info = self.messages[index].info
+        try:
+            # Where the listing saw it: right unless a reader moved or flagged it.
+            return open(info.location, "rb")
+        except FileNotFoundError:
+            return open_message(self.maildir, info.name)
+
+    def read_whole(self, index: int) -> bytes:
+        """The whole of message number index, as stored, in one read (small ones)."""
+        info = self.messages[index].info
+        try:
+            fd = os.open(info.location, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            with open_message(self.maildir, info.name) as stream:
+                return stream.read()
+        try:
+            return _read_to_end(fd, info.size)
+        finally:
+            os.close(fd)
 
     def delete(self, indexes: list[int]) -> int:
         """Remove the given messages; returns how many could not be removed."""
@@ -98,6 +115,17 @@ class Maildrop:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _read_to_end(fd: int, expected: int) -> bytes:
+    """Read a file to its end; one read(2) when its size is what the name says."""
+    data = os.read(fd, expected + 1)
+    if len(data) <= expected:
+        return data
+    parts = [data]
+    while chunk := os.read(fd, 1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _lock(maildir: Path) -> int:
@@ -135,6 +163,66 @@ def _uidl(info: MessageInfo, uidl_map: dict[str, str]) -> str:
         return info.uid
     # A base name too long or with odd characters: a digest of it is as stable.
     return hashlib.sha256(info.uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _listing(maildir: Path) -> tuple[DropMessage, ...]:
+    """Every message of a Maildir with its UIDL, oldest first."""
+    uidl_map = read_uidl_map(maildir)
+    return tuple(
+        DropMessage(info, _uidl(info, uidl_map)) for info in list_messages(maildir)
+    )
+
+
+class ListingCache:
+    """The last listing of each Maildir, reused while its folders are unchanged.
+
+    A login lists the whole Maildir; a large one takes milliseconds to read
+    and parse, and most logins find it as the last one left it. A listing is
+    kept with the modification times of new/, cur/ and the UIDL map, and is
+    used again only while all three are the same and were already old when
+    it was taken: a change within the file system's timestamp tick of the
+    listing could otherwise leave the times equal (Dovecot's Maildir sync
+    distrusts recent times for the same reason).
+    """
+
+    def __init__(self, size: int = 256, settle_ns: int = 2_000_000_000) -> None:
+        self._size = size
+        self._settle_ns = settle_ns
+        self._guard = threading.Lock()
+        self._entries: OrderedDict[str, tuple[tuple[int, ...], tuple[DropMessage, ...]]]
+        self._entries = OrderedDict()
+
+    def messages(self, maildir: Path) -> tuple[DropMessage, ...]:
+        """The listing of maildir: the kept one if still valid, else a fresh one."""
+        key = os.fspath(maildir)
+        stamps = _stamps(key)
+        with self._guard:
+            kept = self._entries.get(key)
+            if kept is not None and kept[0] == stamps:
+                self._entries.move_to_end(key)
+                return kept[1]
+        messages = _listing(maildir)
+        if time.time_ns() - max(stamps) > self._settle_ns:
+            with self._guard:
+                self._entries[key] = (stamps, messages)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+        return messages
+
+
+def _stamps(maildir: str) -> tuple[int, ...]:
+    """The modification times of new/, cur/ and the UIDL map (0 if missing)."""
+    stamps = []
+    for name in ("new", "cur", UIDL_MAP_FILE):
+        try:
+            stamps.append(os.stat(os.path.join(maildir, name)).st_mtime_ns)
+        except FileNotFoundError:
+            stamps.append(0)
+    return tuple(stamps)
+
+
+LISTINGS = ListingCache()
 
 
 def read_uidl_map(maildir: Path) -> dict[str, str]:

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(
             "mdmail",
             level="INFO" if args.verbose else "WARNING",
-            root=context.config.root,
+            root=serve.log_root(context.config),
         )
         args.handler(context, args)
     except MdmailError as error:

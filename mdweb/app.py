@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from mdcore.config import ServerConfig
 from mdcore.layout import StateRoot
+from mdcore.metrics import Metrics
 from mdweb import report
 from mdweb.pages import Site, Visit
 from mdweb.selfservice import Outcome
@@ -229,9 +230,11 @@ def _endpoint(site: Site, handler: Handler) -> Callable[[Request], Awaitable[Res
     return endpoint
 
 
-def create_app(config: ServerConfig, key: bytes) -> Starlette:
+def create_app(
+    config: ServerConfig, key: bytes, metrics: Metrics | None = None
+) -> Starlette:
     """The web application for this config, signing sessions with key."""
-    site = Site(config, key)
+    site = Site(config, key, metrics)
     routes = [
         ("/", home, ["GET"]),
         ("/login", login, ["POST"]),

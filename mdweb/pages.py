@@ -15,6 +15,7 @@ from mdcore.accounts import Account
 from mdcore.config import ServerConfig
 from mdcore.layout import StateRoot
 from mdcore.logs import for_domain
+from mdcore.metrics import LoginOutcome, Metrics, hosted_in
 from mdcore.names import display_domain
 from mdcore.namespace import Registry
 from mdcore.throttle import LoginThrottle
@@ -32,6 +33,9 @@ MAX_LOGGED_NAME = 64
 
 # Argon2 takes 64 MiB a check: a few at once is all a small server should pay.
 MAX_PASSWORD_WORK = 4
+
+# What a login's outcome is called in its log line and its metric.
+_LOGIN_OUTCOMES = {Outcome.OK: LoginOutcome.OK, Outcome.PENDING: LoginOutcome.PENDING}
 
 # No script, no frames, forms only to ourselves: the page needs nothing more.
 SECURITY_HEADERS = {
@@ -82,11 +86,15 @@ def human_size(value: int | None) -> str:
 class Site:
     """What the handlers share: config, host map, sessions, throttle, templates."""
 
-    def __init__(self, config: ServerConfig, key: bytes) -> None:
-        """Build everything from the config and the session signing key."""
+    def __init__(
+        self, config: ServerConfig, key: bytes, metrics: Metrics | None = None
+    ) -> None:
+        """Build everything from the config, the signing key and the metrics."""
         self.config = config
         self.service = SelfService(StateRoot(config.state_root))
-        self.hosts = HostMap(Registry(config.root), config.domains)
+        registry = Registry(config.root)
+        self.hosts = HostMap(registry, config.domains)
+        self.metrics = metrics or Metrics(hosted_in(registry))
         self.trusted = parse_networks(config.web.trusted_proxies)
         self.codec = SessionCodec(key, config.web.session_max_age)
         self.throttle = LoginThrottle(
@@ -185,13 +193,14 @@ class Site:
 
     def log_login(self, visit: Visit, user: str, outcome: Outcome) -> None:
         """One line per login attempt, to the server log and the domain's own."""
-        status = {Outcome.OK: "ok", Outcome.PENDING: "pending"}.get(outcome, "failed")
+        counted = _LOGIN_OUTCOMES.get(outcome, LoginOutcome.FAILED)
+        self.metrics.web_login(visit.domain, counted)
         log.info(
             "web: client=%s domain=%s user=%s event=login status=%s",
             visit.origin.client,
             visit.domain,
             loggable(user),
-            status,
+            counted.value,
             extra=for_domain(visit.domain),
         )
 

@@ -6,6 +6,9 @@ import signal
 import uvicorn
 
 from mdcore.config import ServerConfig
+from mdcore.exporter import start_exporter
+from mdcore.metrics import Metrics, hosted_in
+from mdcore.namespace import Registry
 from mdweb.app import create_app
 from mdweb.sessions import load_key
 
@@ -21,7 +24,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT; uvicorn finishes open requests first."""
     host, port = split_listen(config.web.listen)
-    app = create_app(config, load_key(config.web.secret_key_file))
+    metrics = Metrics(hosted_in(Registry(config.root)))
+    app = create_app(config, load_key(config.web.secret_key_file), metrics)
 
     # Forwarded headers are ours to judge (mdweb.forwarded, trusted_proxies
     # only): uvicorn's own handling would believe them from loopback.
@@ -42,8 +46,18 @@ def run(config: ServerConfig) -> None:
     # stop requested by signal ends the process with status 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _already_handled)
+    exporter = start_exporter(
+        config.web.metrics_listen,
+        metrics.registry,
+        config.source,
+        "web.metrics_listen",
+    )
     log.info("web: listening on %s", config.web.listen)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if exporter is not None:
+            exporter.close()
     log.info("web: stopped")
 
 

@@ -36,6 +36,9 @@ def wire_size(chunks: Iterable[bytes]) -> int:
 
 def _to_crlf(data: bytes) -> bytes:
     """Turn bare LF into CRLF; counting first, since most stores use one style."""
+    if b"\r" not in data:
+        # LF line ends only, as Maildir stores them: one pass.
+        return data.replace(b"\n", _CRLF)
     line_feeds = data.count(b"\n")
     if line_feeds == 0 or line_feeds == data.count(_CRLF):
         return data

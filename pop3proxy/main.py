@@ -2,9 +2,11 @@
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
+from mdcore import eventloop
 from mdcore.config import ServerConfig, load_config
 from mdcore.errors import MdmailError
 from mdcore.systemd import notify
@@ -44,4 +46,4 @@ def reload(server: Pop3Server) -> None:
 
 def run(config: ServerConfig) -> None:
     """Serve in this process until stopped."""
-    asyncio.run(serve(config))
+    eventloop.run(serve(config), use_uvloop=os.environ.get("MDMAIL_UVLOOP") != "0")

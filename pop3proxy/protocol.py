@@ -118,6 +118,10 @@ class POP3Connection(Dialogue):
         self._outgoing.clear()
         return out
 
+    def output_size(self) -> int:
+        """How many octets are queued for the wire."""
+        return len(self._outgoing)
+
     def next_event(self) -> Event:
         """Process input until there is an event for the application."""
         if self._awaiting is not Awaiting.NOTHING and not self._events:

@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 
 from mdcore.config import Pop3Config, ServerConfig
 from mdcore.errors import ConfigError
+from mdcore.exporter import Exporter, start_exporter
 from mdcore.listeners import SocketOwner, open_listener, parse_listen
+from mdcore.metrics import Metrics, hosted_in
 from mdcore.namespace import Registry
 from mdcore.systemd import inherited_sockets
 from mdcore.throttle import LoginThrottle
@@ -54,6 +56,8 @@ class Pop3Server:
         """Load certificates and rules; ConfigError if a certificate cannot load."""
         self.config = config
         self.registry = registry or Registry(config.root)
+        self.metrics = Metrics(self._known_domain)
+        self.exporter: Exporter | None = None
         self.auth = Authenticator(config, self.registry)
         self.throttle = _throttle(config.pop3)
         self.tls = TlsContexts(config)
@@ -71,14 +75,26 @@ class Pop3Server:
     def _settings(self) -> Settings:
         return Settings(self.config.hostname, tls_available=self.tls.available)
 
+    def _known_domain(self, domain: str) -> bool:
+        """A metrics label may be a hosted domain or one `domains:` names."""
+        configured = any(binding.domain == domain for binding in self.config.domains)
+        return configured or hosted_in(self.registry)(domain)
+
     async def start(
         self,
         plain: list[socket.socket] | None = None,
         implicit: list[socket.socket] | None = None,
     ) -> None:
         """Open the listeners (or use the given sockets) and start accepting."""
+        pop3 = self.config.pop3
+        self.exporter = start_exporter(
+            pop3.metrics_listen,
+            self.metrics.registry,
+            self.config.source,
+            "pop3.metrics_listen",
+        )
         if plain is None and implicit is None:
-            plain, implicit = _open_sockets(self.config.pop3)
+            plain, implicit = _open_sockets(pop3)
         implicit = implicit or []
         if implicit and self.tls.context is None:
             raise ConfigError(self.config.source, "pop3.tls_listen", "no certificate")
@@ -176,10 +192,12 @@ class Pop3Server:
             await server.wait_closed()
         self.checks.shutdown(wait=False, cancel_futures=True)
         self.files.shutdown(wait=True)
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.close)
         log.info("pop3proxy: stopped")
 
     def reload(self, config: ServerConfig) -> None:
-        """Take a new configuration (SIGHUP); listeners stay as they are.
+        """Take a new configuration (SIGHUP); all listeners stay as they are.
 
         Certificates are loaded first: if one fails, ConfigError and the
         running configuration stays whole.
@@ -188,6 +206,7 @@ class Pop3Server:
             config.pop3,
             listen=self.config.pop3.listen,
             tls_listen=self.config.pop3.tls_listen,
+            metrics_listen=self.config.pop3.metrics_listen,
         )
         config = replace(config, pop3=pop3)
         self.tls.reload(config)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from mdcore.logs import for_domain
 from mdcore.maildrop import Maildrop, MaildropInUseError
+from mdcore.metrics import LoginOutcome
 from pop3proxy import forward, responses
 from pop3proxy.auth import LoginAttempt, Outcome, Verdict
 from pop3proxy.events import (
@@ -38,10 +39,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-MESSAGE_CHUNK = 64 * 1024
+# Messages up to this size are read in one step on the event loop; larger
+# ones in worker steps of MESSAGE_CHUNK (RETR's memory per session).
+SMALL_MESSAGE = 128 * 1024
+MESSAGE_CHUNK = 256 * 1024
+# Replies to pipelined commands are written together up to this many octets.
+FLUSH_SIZE = 64 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 
 T = TypeVar("T")
+
+# The metrics' name of each login outcome.
+_LOGIN_OUTCOMES = {
+    Outcome.OK: LoginOutcome.OK,
+    Outcome.FAILED: LoginOutcome.FAILED,
+    Outcome.DISABLED: LoginOutcome.DISABLED,
+    Outcome.IN_USE: LoginOutcome.IN_USE,
+    Outcome.UNAVAILABLE: LoginOutcome.UNAVAILABLE,
+    Outcome.FORWARD: LoginOutcome.FORWARDED,
+}
 
 
 class Session:
@@ -94,7 +110,8 @@ class Session:
             event = self.conn.next_event()
             if isinstance(event, StartTLS):
                 await self._drop_cleartext()
-            await self._flush()
+            if not self._may_hold_output(event):
+                await self._flush()
             if isinstance(event, NeedData):
                 self.conn.receive_data(await self._next_input())
             elif isinstance(event, StartTLS):
@@ -111,6 +128,19 @@ class Session:
                 return
 
     # Bytes in and out.
+
+    def _may_hold_output(self, event: object) -> bool:
+        """Whether replies may wait for the next ones (pipelined commands).
+
+        A client that pipelines (RFC 2449 section 6.6) has sent the next
+        command already: its replies go out together, one write for many,
+        until FLUSH_SIZE octets wait or the session would wait for input.
+        """
+        if self.conn.output_size() >= FLUSH_SIZE:
+            return False
+        if isinstance(event, RetrieveMessage):
+            return True
+        return isinstance(event, NeedData) and bool(self.pending)
 
     async def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -294,16 +324,22 @@ class Session:
     async def _retrieve(self, event: RetrieveMessage) -> None:
         """Stream a stored message, one chunk read and sent at a time.
 
-        Each chunk is one worker step, the first opening the file too: a
-        hop to a thread costs more than reading a small message.
+        A small message is read on the event loop: from the page cache that
+        costs a few microseconds, where the hop to a worker thread and back
+        would be most of what its RETR costs. A large one is read in worker
+        steps, one chunk each, so that memory stays at one chunk.
         """
         assert self.drop is not None
         reader = _MessageReader(self.drop, event.number - 1)
         try:
             while True:
-                chunk, last = await self.server.in_worker(reader.next_chunk)
+                if reader.small:
+                    chunk, last = reader.next_chunk()
+                else:
+                    chunk, last = await self.server.in_worker(reader.next_chunk)
                 wanted = self.conn.feed_message(chunk) if chunk else True
-                await self._flush()
+                if self.conn.output_size() >= FLUSH_SIZE:
+                    await self._flush()
                 if last or not wanted:
                     break
         except (OSError, ValueError) as error:
@@ -333,6 +369,7 @@ class Session:
         self, attempt: LoginAttempt, verdict: Verdict, outcome: Outcome
     ) -> None:
         domain = verdict.domain
+        self.server.metrics.login(domain, _login_outcome(verdict, outcome))
         log.info(
             "%s: login domain=%s user=%s rule=%s client=%s local=%s status=%s "
             "method=%s tls=%s%s",
@@ -353,15 +390,26 @@ class Session:
         if not event.authenticated or self.verdict is None:
             return
         verdict = self.verdict
+        stats = event.stats
+        self.server.metrics.logout(
+            verdict.domain, stats.retr_count, stats.retr_octets, stats.deleted
+        )
         log.info(
             "%s: logout domain=%s user=%s reason=%s %s",
             self.name,
             verdict.domain,
             verdict.account,
             event.reason.value,
-            event.stats.summary(),
+            stats.summary(),
             extra=for_domain(verdict.domain),
         )
+
+
+def _login_outcome(verdict: Verdict, outcome: Outcome) -> LoginOutcome:
+    """The metrics' outcome: a login the remote server took counts as forwarded."""
+    if verdict.forward_to and outcome is Outcome.OK:
+        return LoginOutcome.FORWARDED
+    return _LOGIN_OUTCOMES[outcome]
 
 
 def _refusal(outcome: Outcome) -> Response:
@@ -395,15 +443,21 @@ def _abandoned(abandon: Callable[[T], object], future: asyncio.Future[T]) -> Non
 
 
 class _MessageReader:
-    """One stored message, read chunk by chunk in worker steps."""
+    """One stored message, read chunk by chunk."""
 
     def __init__(self, drop: Maildrop, index: int) -> None:
         self.drop = drop
         self.index = index
         self.stream: BinaryIO | None = None
+        # Limitation: a small message whose file is not in the page cache
+        # holds the event loop for one disk read. Reading ahead in a worker
+        # while the previous message is sent would lift it.
+        self.small = drop.messages[index].info.size <= SMALL_MESSAGE
 
     def next_chunk(self) -> tuple[bytes, bool]:
         """The next chunk, and whether it is the last; opens the file first."""
+        if self.small:
+            return self.drop.read_whole(self.index), True
         if self.stream is None:
             self.stream = self.drop.read(self.index)
         chunk = self.stream.read(MESSAGE_CHUNK)

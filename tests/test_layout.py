@@ -78,3 +78,36 @@ def test_components_import_only_the_core(component: str) -> None:
     """A component imports the core and itself, never another component or mdmail."""
     for path in _package_files(COMPONENTS[component]):
         assert _imports(path) <= {CORE, component}, path
+
+
+# What `make demo` installs lacks the optional extras: the command must load
+# without them, and say which extra a server needs only when it is started.
+OPTIONAL = ("starlette", "uvicorn", "jinja2", "itsdangerous", "Milter", "milter")
+BLOCK_OPTIONAL = f"""
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {OPTIONAL!r}:
+            raise ImportError(f"{{name}} is not installed")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def test_the_command_loads_without_the_optional_extras() -> None:
+    """mdmail --help and its parser work with no web or milter packages."""
+    code = BLOCK_OPTIONAL + (
+        "from mdmail.cli import build_parser\n"
+        "build_parser()\n"
+        "import mdmail.cli, sys\n"
+        "sys.argv = ['mdmail', 'serve', 'web', '--help']\n"
+        "mdmail.cli.main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--listen" in done.stdout

@@ -1,5 +1,7 @@
 """The POP3 maildrop: exclusive lock, stable UIDLs, deletion only on request."""
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from mdcore.maildir import MailboxTarget, StagedMessage, deliver, ensure_maildir
 from mdcore.maildrop import (
     UIDL_MAP_FILE,
+    ListingCache,
     Maildrop,
     MaildropInUseError,
     read_uidl_map,
@@ -97,3 +100,40 @@ def test_imported_dovecot_uidls_are_kept(maildir: Path) -> None:
     assert uidls[names[0]] == "000000016553f100"
     assert uidls[names[1]] == "000000026553f100"
     assert uidls[names[2]] == names[2]
+
+
+def age(maildir: Path, seconds: float) -> None:
+    """Set the times of new/ and cur/ back, as if untouched for a while."""
+    past = time.time() - seconds
+    for folder in ("new", "cur"):
+        os.utime(maildir / folder, (past, past))
+
+
+def test_listing_is_reused_while_the_maildir_is_unchanged(maildir: Path) -> None:
+    """An old, unchanged Maildir is listed once; a delivery makes a fresh listing."""
+    cache = ListingCache()
+    age(maildir, 60)
+    first = cache.messages(maildir)
+    assert cache.messages(maildir) is first
+
+    put(maildir, b"Subject: new\r\n\r\nbody\r\n")
+    fresh = cache.messages(maildir)
+    assert len(fresh) == len(first) + 1
+
+
+def test_recent_listing_is_not_kept(maildir: Path) -> None:
+    """Folders changed within the settle time are listed again at every login."""
+    cache = ListingCache()
+    first = cache.messages(maildir)
+    second = cache.messages(maildir)
+    assert second == first
+    assert second is not first
+
+
+def test_removal_by_another_reader_is_seen(maildir: Path) -> None:
+    """A message removed outside our sessions is gone from the next listing."""
+    cache = ListingCache()
+    age(maildir, 60)
+    first = cache.messages(maildir)
+    (maildir / "new" / first[0].info.name).unlink()
+    assert [m.uidl for m in cache.messages(maildir)] == [m.uidl for m in first[1:]]

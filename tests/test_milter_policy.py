@@ -114,6 +114,27 @@ def test_check_connect(
     assert connection.header_value() == header
 
 
+def test_check_connect_works_each_pair_out_once(
+    rules: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection through one listener: the rules are asked the first time."""
+    asked: list[str] = []
+    ask = rules.rules.domain_of_server_address
+
+    def counted(address: str) -> str | None:
+        asked.append(address)
+        return ask(address)
+
+    monkeypatch.setattr(rules.rules, "domain_of_server_address", counted)
+    first = rules.check_connect("127.0.0.2", "smtpd")
+    again = rules.check_connect("127.0.0.2", "smtpd")
+    other = rules.check_connect("127.0.0.3", "smtpd")
+    ours = Connection("abc.example", DomainRule.SERVER_ADDRESS, "127.0.0.2", "smtpd")
+    assert (first, again, other.domain) == (ours, first, "closed.example")
+    assert again is first
+    assert asked == ["127.0.0.2", "127.0.0.3"]
+
+
 # check_mail: the connection domain's refused senders and size limit.
 
 ABC = Connection("abc.example", DomainRule.SERVER_ADDRESS, "127.0.0.2")

@@ -4,11 +4,12 @@ import io
 import logging
 from collections.abc import Iterator
 
+import mdmilter.filter as filter_module
 import Milter
 import pytest
 from mdmilter.filter import DomainFilter, factory
 from mdmilter.policy import Policy
-from Milter.testctx import TestCtx as FakeMta  # renamed: pytest would collect it
+from Milter import testctx  # not TestCtx by name: pytest would collect it
 
 from mdcore.admin import Admin
 from mdcore.config import DomainBinding
@@ -26,6 +27,27 @@ MESSAGE = (
     "Hello.\n"
 )
 LOCAL_ERROR = ("451", "4.3.0", "Local error in processing, try again later")
+
+
+class FakeMta(testctx.TestCtx):  # type: ignore[misc]
+    """pymilter's fake MTA, taking NOREPLY as a real MTA does: as "go on".
+
+    The milter negotiates header fields and body chunks without replies, and
+    TestCtx would take the NOREPLY it then returns for a refusal.
+    """
+
+    def _header(self, name: str, value: object) -> int:
+        return _went_on(super()._header(name, value))
+
+    def _feed_body(self, stream: io.BytesIO) -> int:
+        while chunk := stream.read(8192):
+            if (rc := _went_on(self._priv.body(chunk))) != Milter.CONTINUE:
+                return rc
+        return int(Milter.CONTINUE)
+
+
+def _went_on(rc: int) -> int:
+    return int(Milter.CONTINUE) if rc == Milter.NOREPLY else rc
 
 
 @pytest.fixture
@@ -124,6 +146,19 @@ def test_qualified_recipient_left_as_given(policy: Policy) -> None:
     assert (mta._delrcpt, mta._addrcpt) == ([], [])
 
 
+def test_accepted_message_logged_once_at_its_end(
+    policy: Policy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two accepted recipients: one INFO line, at the end, with the queue id."""
+    mta = connected("127.0.0.2")
+    with caplog.at_level(logging.INFO, logger="mdmilter"):
+        assert feed(mta, "alice@abc.example", "alice") == Milter.CONTINUE
+    assert caplog.messages == [
+        "4A1B2C3D: milter size=122, nrcpt=2, domain=abc.example, rule=message, "
+        f"status=accepted (X-Mdmail-Domain: {OUR_HEADER})"
+    ]
+
+
 def test_forged_domain_header_replaced(
     policy: Policy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,3 +255,84 @@ def test_mail_for_other_domains_left_untouched(policy: Policy) -> None:
         "forged.example (rule: trust me)",
         "forged again",
     ]
+
+
+# Negotiation: only the steps and macros the policy uses.
+
+EVERY_STEP = 0x1FFFFF
+USED_ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.ADDRCPT | Milter.DELRCPT
+
+
+def negotiated(actions: int, steps: int) -> tuple[FakeMta, DomainFilter, list[int]]:
+    """A milter negotiating with a fake MTA that offers `actions` and `steps`."""
+    mta = FakeMta()
+    mta._stage = -1  # the fake MTA's negotiation stage, when macros can be asked for
+    milter = Milter.factory()
+    milter._setctx(mta)
+    opts = [actions, steps, 0, 0]
+    assert milter.negotiate(opts) == Milter.CONTINUE
+    return mta, milter, opts
+
+
+def test_negotiation_skips_and_leaves_unanswered(policy: Policy) -> None:
+    """Everything offered: three steps skipped, header and body left unanswered."""
+    mta, milter, opts = negotiated(Milter.CURR_ACTS, EVERY_STEP)
+    skipped = Milter.P_NOHELO | Milter.P_NOUNKNOWN | Milter.P_NOEOH
+    assert opts == [
+        Milter.CURR_ACTS,
+        skipped | Milter.P_NR_HDR | Milter.P_NR_BODY,
+        0,
+        0,
+    ]
+    assert milter.header_bytes("Subject", b"hello") == Milter.NOREPLY
+    assert milter.body(b"Hello.\r\n") == Milter.NOREPLY
+    assert milter.data() == Milter.CONTINUE  # answered: see DomainFilter.data
+    assert mta._symlist[Milter.M_CONNECT] == {
+        b"{daemon_addr}",
+        b"{if_addr}",
+        b"{daemon_name}",
+    }
+    stages = (Milter.M_ENVFROM, Milter.M_ENVRCPT, Milter.M_EOM)
+    assert [mta._symlist[stage] for stage in stages] == [{b"{i}"}] * 3
+    assert [mta._symlist[stage] for stage in (Milter.M_HELO, Milter.M_DATA)] == [
+        None,
+        None,
+    ]
+
+
+def test_negotiation_with_an_older_mta(policy: Policy) -> None:
+    """No reply-less steps and no macro lists offered: every step is answered."""
+    mta, milter, opts = negotiated(USED_ACTIONS, Milter.P_NOHELO | Milter.P_NOEOH)
+    assert opts == [USED_ACTIONS, Milter.P_NOHELO | Milter.P_NOEOH, 0, 0]
+    assert milter.header_bytes("Subject", b"hello") == Milter.CONTINUE
+    assert milter.body(b"Hello.\r\n") == Milter.CONTINUE
+    assert mta._symlist == [None] * 7
+
+
+def test_size_counts_header_end_without_the_eoh_step(policy: Policy) -> None:
+    """2000 octets allowed: header, empty line and body up to that pass, no more."""
+    for body, expected in ((1985, Milter.CONTINUE), (1986, Milter.REJECT)):
+        mta = connected("127.0.0.1")
+        message = "Subject: x\n\n" + "z" * body + "\n"
+        assert feed(mta, "alice@abc.example", message=message) == expected
+
+
+def test_fault_in_header_answers_tempfail_at_the_end(
+    policy: Policy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug counting the header (no answer awaited): 451 4.3.0 at the end instead."""
+
+    class Exploding(str):
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("injected")
+
+        __hash__ = str.__hash__
+
+    monkeypatch.setattr(filter_module, "DOMAIN_HEADER_NAME", Exploding("x"))
+    mta = connected("127.0.0.2")
+    with caplog.at_level(logging.ERROR, logger="mdmilter"):
+        assert feed(mta, "alice@abc.example") == Milter.TEMPFAIL
+    assert mta._reply == LOCAL_ERROR
+    assert not mta._headerschanged
+    assert caplog.messages[0].endswith(": milter fault in header_bytes")
+    assert "RuntimeError: injected" in caplog.text

@@ -78,9 +78,7 @@ def miltertest(script: str, milter: MilterProcess) -> str:
         (
             "known_user.lua",
             [
-                "MTKNOWN: milter to=<alice@abc.example>, domain=abc.example, "
-                "rule=known-recipient, status=accepted",
-                "MTKNOWN: milter size=26, domain=abc.example, rule=message, "
+                "MTKNOWN: milter size=26, nrcpt=1, domain=abc.example, rule=message, "
                 "status=accepted (X-Mdmail-Domain: none (rule: none, server address "
                 "127.0.0.1))",
             ],
@@ -88,9 +86,7 @@ def miltertest(script: str, milter: MilterProcess) -> str:
         (
             "bare_recipient.lua",
             [
-                "MTBARE: milter to=<alice@abc.example>, domain=abc.example, "
-                "rule=known-recipient, status=accepted",
-                "MTBARE: milter size=26, domain=abc.example, rule=message, "
+                "MTBARE: milter size=26, nrcpt=1, domain=abc.example, rule=message, "
                 "status=accepted (X-Mdmail-Domain: abc.example (rule: server-address "
                 "127.0.0.2))",
             ],
@@ -104,18 +100,14 @@ def miltertest(script: str, milter: MilterProcess) -> str:
                 "MTOTHER: milter to=<alice@abc.example>, domain=closed.example, "
                 "rule=other-domain, status=rejected (550 5.7.1 Relay access denied: "
                 "this server address takes mail for closed.example only)",
-                "MTOTHER: milter to=<carol@closed.example>, domain=closed.example, "
-                "rule=known-recipient, status=accepted",
             ],
         ),
         (
             "domain_header.lua",
             [
-                "MTHEADER: milter to=<alice@abc.example>, domain=abc.example, "
-                "rule=known-recipient, status=accepted",
-                "MTHEADER: milter size=107, domain=abc.example, rule=message, "
-                "status=accepted (X-Mdmail-Domain: abc.example (rule: server-address "
-                "127.0.0.2))",
+                "MTHEADER: milter size=107, nrcpt=1, domain=abc.example, "
+                "rule=message, status=accepted (X-Mdmail-Domain: abc.example (rule: "
+                "server-address 127.0.0.2))",
             ],
         ),
         (
@@ -124,17 +116,15 @@ def miltertest(script: str, milter: MilterProcess) -> str:
                 "MTSIZE: milter from=<sender@x.test>, domain=abc.example, "
                 "rule=message-size, status=rejected (552 5.3.4 Message exceeds the "
                 "maximum size of abc.example)",
-                "MTSIZE: milter to=<alice@abc.example>, domain=abc.example, "
-                "rule=known-recipient, status=accepted",
-                "MTSIZE: milter size=2968, domain=abc.example, rule=message-size, "
-                "status=rejected (552 5.3.4 Message exceeds the maximum size of "
-                "abc.example)",
+                "MTSIZE: milter size=2968, nrcpt=1, domain=abc.example, "
+                "rule=message-size, status=rejected (552 5.3.4 Message exceeds the "
+                "maximum size of abc.example)",
             ],
         ),
     ],
 )
 def test_script(milter: MilterProcess, script: str, log_lines: list[str]) -> None:
-    """Each script passes, and the milter logged its decisions line by line."""
+    """Each script passes; the milter logged each refusal and each message's end."""
     miltertest(script, milter)
     queue_id = log_lines[0].split(":", 1)[0]
     logged = [

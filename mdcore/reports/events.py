@@ -110,6 +110,10 @@ def fields(message: str) -> dict[str, str]:
 
 def parse_event(line: LogLine) -> Event | None:
     """The event a line records, or None for lines no report counts."""
+    # Limitation: refusals made during the SMTP dialogue are not counted: the
+    # milter's "milter to=<...>, ... status=rejected" lines are skipped, and
+    # Postfix's own (relay_recipient_maps) are only in its log; reading the
+    # milter's lines as refusals would lift the first half.
     head, _, rest = line.message.partition(": ")
     if rest.startswith("to=<"):
         return _delivery(line.time, head, fields(rest))

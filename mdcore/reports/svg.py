@@ -13,6 +13,11 @@ REFUSED_COLOUR = "#c62828"
 BAR_COLOUR = "#1565c0"
 TRACK_COLOUR = "#e0e0e0"
 
+# Bars of horizontal charts: labels of up to 34 characters on their left, and
+# room on their right for captions such as "12.4 KiB, no limit" (30 at most).
+_BAR_X = 230
+_BAR_LENGTH = 300
+
 
 @dataclass(frozen=True)
 class Column:
@@ -57,13 +62,15 @@ def horizontal_bars(
     parts = [_open(width, height, title)]
     for index, (label, value, caption) in enumerate(rows):
         y = 5 + index * row_height
-        length = 380 * min(value, scale) / scale
+        length = _BAR_LENGTH * min(value, scale) / scale
         parts.append(
             f'<text x="0" y="{y + 16}" class="label">{escape(_short(label, 34))}</text>'
-            f'<rect x="250" y="{y + 4}" width="380" height="16" fill="{TRACK_COLOUR}"/>'
-            f'<rect x="250" y="{y + 4}" width="{length:.1f}" height="16" '
+            f'<rect x="{_BAR_X}" y="{y + 4}" width="{_BAR_LENGTH}" height="16" '
+            f'fill="{TRACK_COLOUR}"/>'
+            f'<rect x="{_BAR_X}" y="{y + 4}" width="{length:.1f}" height="16" '
             f'fill="{BAR_COLOUR}"/>'
-            f'<text x="636" y="{y + 16}" class="label">{escape(caption)}</text>'
+            f'<text x="{_BAR_X + _BAR_LENGTH + 6}" y="{y + 16}" class="label">'
+            f"{escape(_short(caption, 30))}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -47,6 +47,13 @@ def register(commands: Any) -> None:
         "trace", help="follow a message by its MTA queue id, SMTP to mailbox"
     )
     follow.add_argument("queue_id", metavar="QUEUEID")
+    # SUPPRESS: without it the action's default would undo a --domain given
+    # before the word "trace".
+    follow.add_argument(
+        "--domain",
+        default=argparse.SUPPRESS,
+        help="read this domain's own log only (also accepted before 'trace')",
+    )
     follow.add_argument(
         "--postfix-log", metavar="FILE", help="Postfix's log (e.g. /var/log/mail.log)"
     )
@@ -60,7 +67,7 @@ def report_command(context: Context, args: argparse.Namespace) -> None:
     start, end = period(args.since, args.last, args.until, datetime.now(UTC))
     report = build_report(root, domain, start, end)
     if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        _write_html(Path(args.html), render_html(report))
     if args.report_json or context.as_json:
         context.out.write(render_json(report))
     else:
@@ -115,6 +122,13 @@ def _domain(root: StateRoot, name: str | None) -> str | None:
     if not root.tree(domain).path.is_dir():
         raise MdmailError(f"{domain}: not a hosted domain")
     return domain
+
+
+def _write_html(path: Path, page: str) -> None:
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise MdmailError(f"{path}: cannot write: {error.strerror}") from None
 
 
 def _our_logs(context: Context, domain: str | None) -> list[Path]:

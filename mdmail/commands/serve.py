@@ -7,11 +7,11 @@ from typing import Any
 
 from lmtpd import main as lmtp_main
 from mdcore import schema
-from mdcore.config import WebConfig
+from mdcore.config import ServerConfig, WebConfig
 from mdcore.errors import AdminError, ConfigError
+from mdcore.layout import StateRoot
 from mdcore.logs import setup_logging
 from mdmail.context import Context
-from mdweb import server as web_server
 from pop3proxy import main as pop3_main
 
 LISTEN_HELP = "unix:/path or inet:ADDRESS:PORT, instead of the config's (repeatable)"
@@ -64,12 +64,17 @@ def register(commands: Any) -> None:
     milter.set_defaults(handler=serve_milter)
 
 
+def log_root(config: ServerConfig) -> StateRoot | None:
+    """The state root whose domain logs get each domain's lines; None if turned off."""
+    return config.root if config.log.domain_logs else None
+
+
 def serve_lmtp(context: Context, args: argparse.Namespace) -> None:
     """Run the LMTP server."""
     config = context.config
     if args.listen:
         config = replace(config, lmtp=replace(config.lmtp, listen=tuple(args.listen)))
-    setup_logging("lmtpd", config.log.level, config.log.file, config.root)
+    setup_logging("lmtpd", config.log.level, config.log.file, log_root(config))
     lmtp_main.run(config)
 
 
@@ -82,7 +87,7 @@ def serve_pop3(context: Context, args: argparse.Namespace) -> None:
     if args.tls_listen:
         pop3 = replace(pop3, tls_listen=tuple(args.tls_listen))
     config = replace(config, pop3=pop3)
-    setup_logging("pop3proxy", config.log.level, config.log.file, config.root)
+    setup_logging("pop3proxy", config.log.level, config.log.file, log_root(config))
     pop3_main.run(config)
 
 
@@ -95,7 +100,14 @@ def serve_web(context: Context, args: argparse.Namespace) -> None:
         except ConfigError as error:
             raise AdminError(str(error)) from None
         config = replace(config, web=replace(config.web, listen=web.listen))
-    setup_logging("mdweb", config.log.level, config.log.file, config.root)
+    try:
+        # Imported by name: Starlette and uvicorn are the optional web extra.
+        web_server = importlib.import_module("mdweb.server")
+    except ImportError as error:
+        raise AdminError(
+            f"the web page needs its extra ({error}): pip install 'mdmail[web]'"
+        ) from None
+    setup_logging("mdweb", config.log.level, config.log.file, log_root(config))
     web_server.run(config)
 
 
@@ -109,5 +121,5 @@ def serve_milter(context: Context, args: argparse.Namespace) -> None:
             f"the milter needs pymilter ({error}): pip install 'mdmail[milter]'"
         ) from None
     config = context.config
-    setup_logging("mdmilter", config.log.level, config.log.file, config.root)
+    setup_logging("mdmilter", config.log.level, config.log.file, log_root(config))
     service.run(config, args.socket)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # The header that records which domain the connection was tied to, and why.
 DOMAIN_HEADER = "X-Mdmail-Domain"
 
+# A bound on the connection choices kept, should an MTA report ever more addresses.
+MAX_REMEMBERED_CONNECTIONS = 1024
+
 
 class Verdict(enum.Enum):
     """What the MTA is told for one step."""
@@ -175,7 +178,9 @@ class Envelope:
 
     def adding(self, recipient: Recipient) -> "Envelope":
         """The envelope with one more accepted recipient."""
-        return replace(self, recipients=(*self.recipients, recipient))
+        # Built directly: dataclasses.replace() costs several times more, per RCPT.
+        recipients = (*self.recipients, recipient)
+        return Envelope(self.mail_from, self.declared_size, recipients)
 
     def count_for(self, domain: str) -> int:
         """Accepted recipients of one domain so far."""
@@ -229,6 +234,10 @@ class Policy:
     def __init__(self, registry: Registry, rules: DomainRules) -> None:
         self.registry = registry
         self.rules = rules
+        # The rules are fixed for the process, so each (server address, listener
+        # name) pair the MTA reports is worked out once; the pairs are the MTA's
+        # own addresses and listeners, a handful.
+        self._connections: dict[tuple[str, str], Connection] = {}
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "Policy":
@@ -243,6 +252,16 @@ class Policy:
         Failing that, an MTA listener named after a configured domain (Postfix:
         `-o milter_macro_daemon_name=abc.example`) ties it to that domain.
         """
+        key = (server_address, listener_name)
+        connection = self._connections.get(key)
+        if connection is None:
+            if len(self._connections) >= MAX_REMEMBERED_CONNECTIONS:
+                self._connections.clear()
+            connection = self._connections[key] = self._connection(*key)
+        return connection
+
+    def _connection(self, server_address: str, listener_name: str) -> Connection:
+        """The rule that ties this server address and listener to a domain, if any."""
         domain = self.rules.domain_of_server_address(server_address)
         if domain is not None:
             rule = DomainRule.SERVER_ADDRESS

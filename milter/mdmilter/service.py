@@ -12,14 +12,18 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import Milter
 
 from mdcore.config import ServerConfig
 from mdcore.errors import MdmailError
+from mdcore.exporter import start_exporter
+from mdcore.metrics import Metrics, hosted_in
 from mdcore.systemd import notify
 from mdmilter.filter import factory
+from mdmilter.listener import open_listener
 from mdmilter.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -58,15 +62,29 @@ def check_socket_spec(spec: str) -> str:
 def run(config: ServerConfig, socket_spec: str | None = None) -> None:
     """Serve the milter in this process until SIGTERM (or SIGINT, SIGHUP)."""
     spec = check_socket_spec(socket_spec or config.milter.socket)
-    Milter.factory = factory(Policy.from_config(config))
+    policy = Policy.from_config(config)
+    metrics = Metrics(hosted_in(policy.registry))
+    Milter.factory = factory(policy, metrics)
 
     # libmilter's signal thread takes SIGTERM with sigwait(), which needs every
     # other thread to block it: one of ours that does not would get it instead,
     # and its default action kills the process with sessions in flight. Threads
-    # inherit the mask, so block it here, before the first thread starts.
+    # inherit the mask, so block it here, before the first thread starts (the
+    # metrics endpoint's too).
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    exporter = start_exporter(
+        config.milter.metrics_listen,
+        metrics.registry,
+        config.source,
+        "milter.metrics_listen",
+    )
+    # The endpoint's own socket listens too: it must not pass for libmilter's.
+    ignored = frozenset() if exporter is None else frozenset({exporter.socket_inode})
     announcer = threading.Thread(
-        target=announce_ready, args=(spec,), name="ready", daemon=True
+        target=announce_ready,
+        args=(spec, READY_TIMEOUT, ignored),
+        name="ready",
+        daemon=True,
     )
     announcer.start()
 
@@ -75,17 +93,26 @@ def run(config: ServerConfig, socket_spec: str | None = None) -> None:
     # has no socket_owner/socket_mode keys like lmtp's; set UMask= in the unit, or
     # add the keys and apply them once announce_ready() sees the socket listen.
     try:
+        open_listener(MILTER_NAME, spec)
         Milter.runmilter(MILTER_NAME, spec, config.milter.timeout)
     except Milter.milter.error as error:
         raise MilterServiceError(f"milter cannot serve on {spec}: {error}") from None
+    finally:
+        if exporter is not None:
+            exporter.close()
     tell_systemd("STOPPING=1")
     log.info("milter: stopped")
 
 
-def announce_ready(spec: str, timeout: float = READY_TIMEOUT) -> bool:
-    """Send READY=1 to systemd once libmilter listens; False if it never did."""
+def announce_ready(
+    spec: str, timeout: float = READY_TIMEOUT, ignored: AbstractSet[int] = frozenset()
+) -> bool:
+    """Send READY=1 to systemd once libmilter listens; False if it never did.
+
+    `ignored` holds the inodes of listening sockets that are not libmilter's.
+    """
     deadline = time.monotonic() + timeout
-    while not listening_here():
+    while not listening_here(ignored):
         if time.monotonic() > deadline:
             log.warning("milter: no listening socket after %.0f s", timeout)
             return False
@@ -103,7 +130,7 @@ def tell_systemd(state: str) -> None:
         log.warning("milter: cannot notify systemd (%s): %s", state.split()[0], error)
 
 
-def listening_here() -> bool:
+def listening_here(ignored: AbstractSet[int] = frozenset()) -> bool:
     """Whether this process holds a listening TCP or unix socket (Linux /proc).
 
     runmilter() opens its socket and blocks without telling Python when, so the
@@ -112,7 +139,7 @@ def listening_here() -> bool:
     """
     # Limitation: Linux only; without /proc no READY=1 is ever sent, so a
     # Type=notify unit would time out there (Type=simple would do).
-    return bool(_own_socket_inodes() & _listening_inodes())
+    return bool((_own_socket_inodes() - ignored) & _listening_inodes())
 
 
 def _own_socket_inodes() -> set[int]:
