@@ -1,6 +1,7 @@
 """Real Postfix and sendmail deliver hosted domains to lmtpd with generated maps."""
 
 import os
+import poplib
 import smtplib
 import socketserver
 import subprocess
@@ -236,6 +237,64 @@ def test_postfix_delivers_each_domain_to_its_own_mailbox(
     assert sorted(match[1] for match in sent) == sorted(rcpt_tos)
     wait_for_messages(lmtp_server, "foo@abc.example", 1)
     wait_for_messages(lmtp_server, "foo@xyz.example", 1)
+
+
+def fetch_subjects(address: str, port: int, password: str) -> list[str]:
+    """Log in as plain foo on a domain's own address; the subjects (kept)."""
+    client = poplib.POP3(address, port, timeout=DEADLINE)
+    try:
+        client.user("foo")
+        client.pass_(password)
+        count, _ = client.stat()
+        subjects = []
+        for number in range(1, count + 1):
+            _, lines, _ = client.retr(number)
+            subjects += [
+                line[9:].decode() for line in lines if line[:9] == b"Subject: "
+            ]
+        client.quit()
+        return subjects
+    finally:
+        client.close()
+
+
+def test_postfix_to_pop3_on_each_domains_address(
+    postfix: GeneratedPostfix, lmtp_server: LmtpProcess, tmp_path: Path
+) -> None:
+    """SMTP into Postfix, LMTP into two spools, POP3 out as plain foo per address."""
+    host_domains(lmtp_server)
+    lmtp_server.admin.set_password("xyz.example", "foo", "xyz-only-secret")
+    generate(postfix, lmtp_server)
+    lmtp_server.start()
+    postfix.start()
+    for domain in ("abc", "xyz"):
+        text = f"From: {SENDER}\r\nSubject: for {domain}\r\n\r\nHello.\r\n"
+        assert postfix.send(SENDER, [f"foo@{domain}.example"], text.encode()) == {}
+    wait_for_messages(lmtp_server, "foo@abc.example", 1)
+    wait_for_messages(lmtp_server, "foo@xyz.example", 1)
+
+    # The POP3 proxy on the same state root: one loopback address per domain.
+    bindings = [
+        {"domain": "abc.example", "addresses": ["127.0.0.2"]},
+        {"domain": "xyz.example", "addresses": ["127.0.0.3"]},
+    ]
+    lmtp_server.write_config(domains=bindings)
+    port = free_port("127.0.0.3")
+    listen = [
+        f"--listen=inet:{address}:{port}" for address in ("127.0.0.2", "127.0.0.3")
+    ]
+    command = [sys.executable, "-m", "mdmail", "--config", str(lmtp_server.config_path)]
+    pop3 = subprocess.Popen([*command, "serve", "pop3", *listen], cwd=tmp_path)
+    try:
+        both = ("127.0.0.2", "127.0.0.3")
+        wait_until(lambda: all(is_listening(a, port) for a in both), DEADLINE, "POP3")
+        assert fetch_subjects("127.0.0.2", port, "secret") == ["for abc"]
+        assert fetch_subjects("127.0.0.3", port, "xyz-only-secret") == ["for xyz"]
+        with pytest.raises(poplib.error_proto, match="AUTH"):
+            fetch_subjects("127.0.0.3", port, "secret")
+    finally:
+        pop3.terminate()
+        assert pop3.wait(DEADLINE) == 0
 
 
 def test_postfix_refuses_unknown_users_itself(
