@@ -10,17 +10,13 @@ Run: .venv/bin/python bench/lmtp_bench.py [--quick] [--repeat 3] [--json FILE]
 """
 
 import argparse
-import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 
+from harness import command_block, progress, run_benchmark
 from lmtp_load import KB, Cell, LoadError, clear_maildirs, run_load, verify_stored
 from lmtp_report import Report, RssFigure, RunFigure
 from peers import (
@@ -29,7 +25,6 @@ from peers import (
     Peer,
     PeerError,
     all_mailboxes,
-    remove_tree,
     stop_all,
 )
 from proc_memory import PeakSampler
@@ -83,12 +78,6 @@ def build_cells(messages: int) -> list[Cell]:
                 per_session = max(1, total // sessions)
                 cells.append(Cell(size, recipients, sessions, per_session))
     return cells
-
-
-def command_line() -> str:
-    """The command as typed from the repository, to paste into RESULTS.md."""
-    python = os.path.relpath(sys.executable, os.getcwd())
-    return shlex.join([python, *sys.argv])
 
 
 class Bench:
@@ -186,23 +175,13 @@ class Bench:
             progress(figure.line())
 
 
-def progress(text: str) -> None:
-    """A line of progress on stderr (the report goes to stdout)."""
-    print(text, file=sys.stderr, flush=True)
-
-
 def header(args: argparse.Namespace, started: str) -> list[str]:
     """The command and the machine, to print above the figures."""
     dovecot = subprocess.run(
         [args.dovecot, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return [
-        "Command:",
-        "",
-        "```sh",
-        command_line(),
-        "```",
-        "",
+        *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, "
         f"Dovecot {dovecot or '?'}, {args.repeat} runs per cell, "
         f"{args.messages} messages per 1-recipient cell.",
@@ -210,31 +189,17 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
     ]
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     """Run the benchmark; exit 1 if any run failed, 130 when interrupted."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.strftime("%Y-%m-%d %H:%M")
-    progress(f"command: {command_line()}")
-    scratch = Path(tempfile.mkdtemp(prefix="lmtp-bench-", dir=args.workdir))
-    # Dovecot delivers as nobody, who must be able to reach the Maildirs.
-    scratch.chmod(0o755)
-    bench = Bench(args, scratch)
-    try:
-        status = bench.run()
-    finally:
-        if args.keep:
-            progress(f"kept {scratch}")
-        else:
-            remove_tree(scratch)
-    print("\n".join(header(args, started) + bench.report.markdown()))
-    if args.json:
-        args.json.write_text(json.dumps(bench.report.data(command_line()), indent=2))
-    return status
+    return run_benchmark(
+        "lmtp-bench-",
+        args.workdir,
+        args.keep,
+        lambda scratch: Bench(args, scratch),
+        lambda started: header(args, started),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/milter_bench.py [--messages 2000] [--repeat 3]
 
 import argparse
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness import command_line, progress
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,17 +67,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     return parser.parse_args()
-
-
-def progress(text: str) -> None:
-    """A line of progress on stderr (the report goes to stdout)."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def command_line() -> str:
-    """The command as typed from the repository, to paste into RESULTS.md."""
-    python = os.path.relpath(sys.executable, os.getcwd())
-    return shlex.join([python, *sys.argv])
 
 
 class SentCounter:

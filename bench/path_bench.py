@@ -41,17 +41,12 @@ Run: .venv/bin/python bench/path_bench.py [--quick] [--repeat 3] [--json FILE]
 """
 
 import argparse
-import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from types import FrameType
 
+from harness import command_block, progress, run_benchmark
 from lmtp_load import KB, Cell, LoadError, clear_maildirs
 from lmtp_report import Report, RunFigure
 from path_load import Route, routed, run_path, wait_no_sessions
@@ -62,7 +57,6 @@ from peers import (
     Peer,
     PeerError,
     all_mailboxes,
-    remove_tree,
     stop_all,
 )
 
@@ -248,17 +242,6 @@ class Bench:
             return None
 
 
-def progress(text: str) -> None:
-    """A line of progress on stderr (the report goes to stdout)."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def command_line() -> str:
-    """The command as typed from the repository, to paste into RESULTS.md."""
-    python = os.path.relpath(sys.executable, os.getcwd())
-    return shlex.join([python, *sys.argv])
-
-
 def version(command: list[str]) -> str:
     """The first line a version command prints, or '?'."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -272,12 +255,7 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
     settings = postfix_settings(args)
     shown = ", ".join(f"`{name} = {value}`" for name, value in settings.items())
     return [
-        "Command:",
-        "",
-        "```sh",
-        command_line(),
-        "```",
-        "",
+        *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, Postfix {postfix}, "
         f"Dovecot {dovecot}; {args.repeat} pairs per cell, {args.sessions} "
         f"smtp-source sessions (a connection per message); main.cf: {shown}.",
@@ -285,31 +263,17 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
     ]
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     """Run the benchmark; exit 1 if any run failed, 130 when interrupted."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.strftime("%Y-%m-%d %H:%M")
-    progress(f"command: {command_line()}")
-    scratch = Path(tempfile.mkdtemp(prefix="path-bench-", dir=args.workdir))
-    # Dovecot delivers as nobody, who must be able to reach the Maildirs.
-    scratch.chmod(0o755)
-    try:
-        bench = Bench(args, scratch)
-        status = bench.run()
-    finally:
-        if args.keep:
-            progress(f"kept {scratch}")
-        else:
-            remove_tree(scratch)
-    print("\n".join(header(args, started) + bench.report.markdown()))
-    if args.json:
-        args.json.write_text(json.dumps(bench.report.data(command_line()), indent=2))
-    return status
+    return run_benchmark(
+        "path-bench-",
+        args.workdir,
+        args.keep,
+        lambda scratch: Bench(args, scratch),
+        lambda started: header(args, started),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

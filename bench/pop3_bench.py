@@ -13,21 +13,17 @@ Run: .venv/bin/python bench/pop3_bench.py [--quick] [--repeat 5] [--json FILE]
 """
 
 import argparse
-import json
 import multiprocessing
 import os
-import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import FrameType
 
-from peers import PeerError, remove_tree, stop_all
+from harness import command_block, progress, run_benchmark
+from peers import PeerError, stop_all
 from pop3_load import (
     Pop3Error,
     close_sessions,
@@ -95,17 +91,6 @@ def parse_args() -> argparse.Namespace:
     schemes = "BLF-CRYPT,PLAIN" if quick else "BLF-CRYPT,SHA512-CRYPT,PLAIN"
     args.schemes = (args.schemes or schemes).split(",")
     return args
-
-
-def command_line() -> str:
-    """The command as typed from the repository."""
-    python = os.path.relpath(sys.executable, os.getcwd())
-    return shlex.join([python, *sys.argv])
-
-
-def progress(text: str) -> None:
-    """A line of progress on stderr (the report goes to stdout)."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def login_item(scheme: str) -> Item:
@@ -282,12 +267,7 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
         [args.dovecot, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return [
-        "Command:",
-        "",
-        "```sh",
-        command_line(),
-        "```",
-        "",
+        *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, Dovecot {dovecot or '?'} "
         "(pop3-login service_count = 0), "
         f"{args.repeat} repetition(s); medians, ratios taken per repetition. "
@@ -298,31 +278,17 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
     ]
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     """Run the benchmark; exit 1 if any run failed, 130 when interrupted."""
     args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.strftime("%Y-%m-%d %H:%M")
-    print(f"command: {command_line()}", flush=True)
-    scratch = Path(tempfile.mkdtemp(prefix="pop3-bench-", dir=args.workdir))
-    # Dovecot reads the Maildirs as nobody, who must be able to reach them.
-    scratch.chmod(0o755)
-    bench = Bench(args, scratch)
-    try:
-        status = bench.run()
-    finally:
-        if args.keep:
-            progress(f"kept {scratch}")
-        else:
-            remove_tree(scratch)
-    print("\n".join(header(args, started) + bench.report.markdown()))
-    if args.json:
-        args.json.write_text(json.dumps(bench.report.data(command_line()), indent=2))
-    return status
+    return run_benchmark(
+        "pop3-bench-",
+        args.workdir,
+        args.keep,
+        lambda scratch: Bench(args, scratch),
+        lambda started: header(args, started),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

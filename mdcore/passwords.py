@@ -16,6 +16,8 @@ import bcrypt
 from argon2.exceptions import VerificationError, VerifyMismatchError
 from passlib.hash import sha256_crypt, sha512_crypt
 
+from mdcore import crypt3
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEME: str = "ARGON2ID"
@@ -101,14 +103,42 @@ def _check_bcrypt(stored: bytes, password: bytes) -> bool:
     return bcrypt.checkpw(password[:_BCRYPT_KEY_LIMIT], stored)
 
 
+# "$6$[rounds=N$]salt$checksum" (checksum 86 characters; 43 for "$5$").
+_SHA_CRYPT_SHAPES = {
+    prefix: re.compile(
+        re.escape(prefix) + rb"(?:rounds=\d{1,9}\$)?[./0-9A-Za-z]{0,16}\$"
+        rb"[./0-9A-Za-z]{%d}" % length
+    )
+    for prefix, length in ((b"$6$", 86), (b"$5$", 43))
+}
+
+
 def _check_sha512_crypt(stored: bytes, password: bytes) -> bool:
     """Check a $6$ SHA-512 crypt string."""
+    found = _check_with_crypt3(stored, password, b"$6$")
+    if found is not None:
+        return found
     return bool(sha512_crypt.verify(password, stored.decode("ascii")))
 
 
 def _check_sha256_crypt(stored: bytes, password: bytes) -> bool:
     """Check a $5$ SHA-256 crypt string."""
+    found = _check_with_crypt3(stored, password, b"$5$")
+    if found is not None:
+        return found
     return bool(sha256_crypt.verify(password, stored.decode("ascii")))
+
+
+def _check_with_crypt3(stored: bytes, password: bytes, prefix: bytes) -> bool | None:
+    """The C library's answer for a crypt string, or None to ask libpass instead."""
+    # Only a whole, well-formed string: libpass then reports a malformed one.
+    shape = _SHA_CRYPT_SHAPES.get(prefix)
+    if shape is None or not shape.fullmatch(stored):
+        return None
+    computed = crypt3.crypt(password, stored)
+    if computed is None:
+        return None
+    return hmac.compare_digest(computed, stored)
 
 
 def _salted(algorithm: str) -> _Check:

@@ -317,3 +317,19 @@ def test_we_verify_doveadm_long_bcrypt() -> None:
     assert made.returncode == 0, made.stderr
 
     assert verify_password(made.stdout.strip(), "c" * 100) is True
+
+
+@pytest.mark.parametrize("rounds", [5000, 12345])
+def test_c_library_and_libpass_agree_on_sha_crypt(rounds: int) -> None:
+    """crypt(3) gives libpass's strings, so the two checks accept the same passwords."""
+    from passlib.hash import sha256_crypt, sha512_crypt
+
+    from mdcore import crypt3
+
+    if not crypt3.available():
+        pytest.skip("this C library has no crypt_rn")
+    for handler in (sha512_crypt, sha256_crypt):
+        stored = handler.using(rounds=rounds).hash("pässword ✓")
+        assert crypt3.crypt("pässword ✓".encode(), stored.encode()) == stored.encode()
+        assert crypt3.crypt(b"password", stored.encode()) != stored.encode()
+    assert crypt3.crypt(b"nul\0inside", b"$6$salt$") is None
