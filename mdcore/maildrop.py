@@ -185,8 +185,13 @@ class ListingCache:
     distrusts recent times for the same reason).
     """
 
-    def __init__(self, size: int = 256, settle_ns: int = 2_000_000_000) -> None:
-        self._size = size
+    def __init__(
+        self, max_messages: int = 200_000, settle_ns: int = 2_000_000_000
+    ) -> None:
+        # Bounded by messages, not maildrops: a listing costs about 430 bytes a
+        # message (measured with tracemalloc), so the default holds 90 MB at most.
+        self._max_messages = max_messages
+        self._held = 0
         self._settle_ns = settle_ns
         self._guard = threading.Lock()
         self._entries: OrderedDict[str, tuple[tuple[int, ...], tuple[DropMessage, ...]]]
@@ -203,12 +208,23 @@ class ListingCache:
                 return kept[1]
         messages = _listing(maildir)
         if time.time_ns() - max(stamps) > self._settle_ns:
-            with self._guard:
-                self._entries[key] = (stamps, messages)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self._size:
-                    self._entries.popitem(last=False)
+            self._keep(key, stamps, messages)
         return messages
+
+    def _keep(
+        self, key: str, stamps: tuple[int, ...], messages: tuple[DropMessage, ...]
+    ) -> None:
+        """Hold a listing, dropping the least recently used ones beyond the bound."""
+        if len(messages) > self._max_messages:
+            return
+        with self._guard:
+            old = self._entries.pop(key, None)
+            self._held -= len(old[1]) if old is not None else 0
+            self._entries[key] = (stamps, messages)
+            self._held += len(messages)
+            while self._held > self._max_messages:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._held -= len(dropped)
 
 
 def _stamps(maildir: str) -> tuple[int, ...]:

@@ -137,3 +137,19 @@ def test_removal_by_another_reader_is_seen(maildir: Path) -> None:
     first = cache.messages(maildir)
     (maildir / "new" / first[0].info.name).unlink()
     assert [m.uidl for m in cache.messages(maildir)] == [m.uidl for m in first[1:]]
+
+
+def test_listings_held_are_bounded_by_messages(tmp_path: Path) -> None:
+    """Past the bound, the least recently used listing is dropped first."""
+    cache = ListingCache(max_messages=5)
+    maildirs = []
+    for name in ("one", "two"):
+        path = tmp_path / name
+        ensure_maildir(path, None, None)
+        for number in range(3):
+            put(path, f"Subject: {number}\r\n\r\nx\r\n".encode())
+        age(path, 60)
+        maildirs.append(path)
+    first = cache.messages(maildirs[0])
+    cache.messages(maildirs[1])  # 6 messages held > 5: the first listing goes
+    assert cache.messages(maildirs[0]) is not first
