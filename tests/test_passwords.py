@@ -329,7 +329,8 @@ def test_c_library_and_libpass_agree_on_sha_crypt(rounds: int) -> None:
     if not crypt3.available():
         pytest.skip("this C library has no crypt_rn")
     for handler in (sha512_crypt, sha256_crypt):
-        stored = handler.using(rounds=rounds).hash("pässword ✓")
-        assert crypt3.crypt("pässword ✓".encode(), stored.encode()) == stored.encode()
+        password = "pässword ✓"
+        stored = handler.using(rounds=rounds).hash(password)
+        assert crypt3.crypt(password.encode(), stored.encode()) == stored.encode()
         assert crypt3.crypt(b"password", stored.encode()) != stored.encode()
     assert crypt3.crypt(b"nul\0inside", b"$6$salt$") is None
