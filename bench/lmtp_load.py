@@ -85,7 +85,7 @@ def run_load(cell: Cell, peer: Peer, scratch: Path, timeout: float) -> float:
         _check_clients(clients)
         return elapsed
     finally:
-        _kill_all(clients)
+        stop_clients(clients)
 
 
 def _start_client(cell: Cell, session: int, port: int, scratch: Path) -> Client:
@@ -109,15 +109,20 @@ def _wait_all(clients: list[Client], deadline: float) -> None:
 
 
 def _check_clients(clients: list[Client]) -> None:
-    # smtp-source is silent when all goes well; any output is a complaint.
     for client in clients:
-        said = client.output.read_text(errors="replace").strip()
-        if client.process.returncode != 0 or said:
-            first = said.splitlines()[0] if said else "(no output)"
-            raise LoadError(f"smtp-source exit {client.process.returncode}: {first}")
+        check_client(client)
 
 
-def _kill_all(clients: list[Client]) -> None:
+def check_client(client: Client) -> None:
+    """LoadError if smtp-source failed: it says nothing when all goes well."""
+    said = client.output.read_text(errors="replace").strip()
+    if client.process.returncode != 0 or said:
+        first = said.splitlines()[0] if said else "(no output)"
+        raise LoadError(f"smtp-source exit {client.process.returncode}: {first}")
+
+
+def stop_clients(clients: list[Client]) -> None:
+    """Kill the smtp-source processes still running and remove their output files."""
     for client in clients:
         if client.process.poll() is None:
             client.process.kill()

@@ -8,7 +8,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtp_load import Cell, Client, LoadError, count_messages
+from lmtp_load import (
+    Cell,
+    Client,
+    LoadError,
+    check_client,
+    count_messages,
+    stop_clients,
+)
 from peers import HOST, Mailbox, Peer, session_base, session_mailboxes
 
 SMTP_SOURCE = "smtp-source"
@@ -239,23 +246,6 @@ def wait_clients(clients: list[Client], deadline: float) -> None:
         except subprocess.TimeoutExpired:
             raise LoadError("smtp-source did not finish in time") from None
         check_client(client)
-
-
-def check_client(client: Client) -> None:
-    """LoadError if smtp-source failed: it says nothing when all goes well."""
-    said = client.output.read_text(errors="replace").strip()
-    if client.process.returncode or said:
-        first = said.splitlines()[0] if said else "(no output)"
-        raise LoadError(f"smtp-source exit {client.process.returncode}: {first}")
-
-
-def stop_clients(clients: list[Client]) -> None:
-    """Kill what is still running and remove the output files."""
-    for client in clients:
-        if client.process.poll() is None:
-            client.process.kill()
-            client.process.wait()
-        client.output.unlink(missing_ok=True)
 
 
 def settle(route: Route, before: Counter[str], deliveries: int) -> Counter[str]:

@@ -1,7 +1,6 @@
 """A real lmtpd process for end-to-end tests: `mdmail serve lmtp` on free ports."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import yaml
 from mdcore.admin import Admin
 from mdcore.layout import StateRoot
 from tests.conftest import SECRET_HASH
+from tests.processes import stop_process
 
 START_TIMEOUT = 15.0
 
@@ -136,13 +136,7 @@ class LmtpProcess:
         """SIGTERM and wait; returns the exit status."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+        status = stop_process(self.process, timeout)
         self.process = None
         return status
 

@@ -8,7 +8,6 @@ needed) share one port, so a test picks the domain by the address it dials.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -23,6 +22,7 @@ from mdcore.admin import Admin
 from mdcore.layout import StateRoot
 from mdcore.maildir import MailboxTarget, StagedMessage, deliver
 from mdcore.passwords import hash_password
+from tests.processes import stop_process
 
 DEADLINE = 20.0
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -143,13 +143,7 @@ class Pop3Process:
         """SIGTERM and wait; returns the exit status."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+        status = stop_process(self.process, timeout)
         self.process = None
         return status
 

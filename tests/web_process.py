@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.pop3_process import DEADLINE, free_port, wait_for_port
+from tests.processes import stop_process
 
 
 class WebProcess:
@@ -44,12 +44,6 @@ class WebProcess:
         """SIGTERM and wait; the exit status."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(DEADLINE)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+        status = stop_process(self.process, DEADLINE)
         self.process = None
         return status
