@@ -51,6 +51,9 @@ def parse_args() -> argparse.Namespace:
         f"10-recipient cells send 1/{TEN_RECIPIENT_SHARE} of that",
     )
     parser.add_argument("--only", choices=("ours", "dovecot"), help="one server")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="our lmtp.workers (0: one per CPU)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
     parser.add_argument("--rss-mb", type=int, help="message size of the memory run")
     parser.add_argument("--rss-sessions", type=int, default=20)
@@ -95,7 +98,12 @@ class Bench:
         peers: list[Peer] = []
         if self.args.only != "dovecot":
             peers.append(
-                OursPeer(self.scratch / "ours", self.mailboxes, self.args.mdmail)
+                OursPeer(
+                    self.scratch / "ours",
+                    self.mailboxes,
+                    self.args.mdmail,
+                    self.args.workers,
+                )
             )
         if self.args.only != "ours":
             base = self.scratch / "dovecot"

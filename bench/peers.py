@@ -243,6 +243,7 @@ lmtp:
   listen: [inet:{host}:{port}]
   max_sessions: 200
   max_message_size: 104857600
+  workers: {workers}
 log:
   level: WARNING
 """
@@ -253,10 +254,14 @@ class OursPeer:
 
     name = "ours"
 
-    def __init__(self, base: Path, mailboxes: Sequence[Mailbox], mdmail: str) -> None:
+    def __init__(
+        self, base: Path, mailboxes: Sequence[Mailbox], mdmail: str, workers: int = 0
+    ) -> None:
+        """workers is lmtp.workers: 0 is one per CPU, as Dovecot uses every core."""
         self.base = base
         self.mailboxes = list(mailboxes)
         self.mdmail = mdmail
+        self.workers = workers
         self.port = free_port()
         self.admin = Admin(StateRoot(base / "state"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -266,7 +271,9 @@ class OursPeer:
         self.base.mkdir(parents=True, exist_ok=True)
         self._add_accounts()
         config = self.base / "mdmail.yaml"
-        text = OURS_CONF.format(state=self.base / "state", host=HOST, port=self.port)
+        text = OURS_CONF.format(
+            state=self.base / "state", host=HOST, port=self.port, workers=self.workers
+        )
         config.write_text(text)
         command = [self.mdmail, "--config", str(config), "serve", "lmtp"]
         with open(self.base / "server.log", "wb") as log:

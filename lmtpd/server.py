@@ -302,7 +302,9 @@ class LmtpServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.workers, function, *args)
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+    async def stop(
+        self, grace: float = SHUTDOWN_GRACE, remove_sockets: bool = True
+    ) -> None:
         """Stop accepting, close idle sessions, let deliveries finish, then exit."""
         self.stopping = True
         for server in self.servers:
@@ -313,7 +315,8 @@ class LmtpServer:
         await self._wait_sessions(grace)
         for server in self.servers:
             await server.wait_closed()
-        self._remove_socket_files()
+        if remove_sockets:
+            self._remove_socket_files()
         self.workers.shutdown(wait=True)
         if self.exporter is not None:
             # Last, so a scrape during the grace period still sees the counts.

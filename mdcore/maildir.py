@@ -12,8 +12,12 @@ File names are "<sec>.M<usec>P<pid>Q<seq>[D<tag>].<host>,S=<size>,W=<vsize>":
 S= is the size as stored (LF line ends), W= the size with CRLF line ends, as
 Dovecot writes them, so readers know both without opening the file. D<tag>
 marks a delivery made with a dedupe key, so that a retry can be recognised.
+Each such delivery also leaves a marker in the Maildir's mdmail-dedupe/ folder,
+a symbolic link named for the tag that points at the message's name, so that
+another server process, whose own view of the Maildir is older, finds it too.
 """
 
+import contextlib
 import enum
 import errno
 import functools
@@ -25,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +57,8 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Directory fsyncs in flight at once across all deliveries of a process.
 _DIR_SYNC_THREADS = 32
 _TAGGED_NAME = re.compile(r"(\d+)\.M\d+P\d+Q\d+D([0-9a-f]{12})\.")
+# No leading dot: to Dovecot's Maildir++ layout a dot folder is a mail folder.
+MARKER_DIR = "mdmail-dedupe"
 
 _sequence = itertools.count(1)
 _sequence_lock = threading.Lock()
@@ -216,14 +222,19 @@ class MaildirTags:
     def find(self, tag: str) -> str | None:
         """Return the name of the recent message that carries tag, if any."""
         entry = self._loaded().get(tag)
+        if entry is None:
+            # Not seen by this process: another one may have delivered it
+            # since this one read the Maildir, and left its marker.
+            entry = self._marked(tag)
         if entry is None or entry[1] < self._clock() - self._window:
             return None
         return entry[0]
 
     def add(self, tag: str, name: str) -> None:
-        """Remember that the message called name carries tag."""
+        """Remember that the message called name carries tag, here and on disk."""
         tags = self._loaded()
         tags[tag] = (name, int(name.split(".", 1)[0]))
+        self._mark(tag, name)
         now = self._clock()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY_SECONDS
@@ -232,10 +243,67 @@ class MaildirTags:
                 for key, entry in tags.items()
                 if entry[1] >= now - self._window
             }
+            self._prune_markers(now - self._window)
 
     def discard(self, tag: str) -> None:
         """Forget a tag whose message was removed again."""
         self._loaded().pop(tag, None)
+        with _quiet_os_error("remove", self._markers / tag):
+            (self._markers / tag).unlink(missing_ok=True)
+
+    @property
+    def _markers(self) -> Path:
+        return self._maildir / MARKER_DIR
+
+    def _marked(self, tag: str) -> tuple[str, int] | None:
+        """Read tag's marker; the message it names, if that is still there."""
+        try:
+            name = os.readlink(self._markers / tag)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        match = _TAGGED_NAME.match(name)
+        if match is None or match[2] != tag or not self._present(name):
+            # A marker whose message never became durable (a crash between
+            # link and fsync), or was read and deleted since: not a copy.
+            return None
+        return name, int(match[1])
+
+    def _present(self, name: str) -> bool:
+        """Tell whether the message called name is in new/ or cur/."""
+        if os.path.lexists(self._maildir / "new" / name):
+            return True
+        # In cur/ a reader may have added ":2,<flags>" to the name.
+        try:
+            names = os.listdir(self._maildir / "cur")
+        except FileNotFoundError:
+            return False
+        return any(entry.split(":", 1)[0] == name for entry in names)
+
+    def _mark(self, tag: str, name: str) -> None:
+        """Leave tag's marker; the delivery stands whether or not this works."""
+        marker = self._markers / tag
+        with _quiet_os_error("write", marker):
+            try:
+                os.symlink(name, marker)
+            except FileNotFoundError:
+                owner = os.stat(self._maildir)
+                _make_dir(self._markers, owner.st_uid, owner.st_gid, 0o700)
+                os.symlink(name, marker)
+            except FileExistsError:
+                # Left by a message since removed (a retry found nothing).
+                marker.unlink()
+                os.symlink(name, marker)
+
+    def _prune_markers(self, cutoff: float) -> None:
+        """Remove the markers made before cutoff."""
+        try:
+            entries = list(os.scandir(self._markers))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with _quiet_os_error("prune", Path(entry.path)):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     def _loaded(self) -> dict[str, tuple[str, int]]:
         """Return the tags, reading new/ and cur/ once on first use."""
@@ -283,9 +351,8 @@ class DedupeIndex:
             return tags
 
 
-# Limitation: the index lives in one process; a retry that another server
-# process receives is only caught if that process has not yet read this
-# Maildir. An index shared through the file system would lift it.
+# The index of this process; other processes' deliveries reach it through
+# the markers on disk.
 PROCESS_INDEX = DedupeIndex()
 
 
@@ -546,6 +613,16 @@ def _failed(target: MailboxTarget, exc: Exception) -> _Placement:
         return _Placement(target, DeliveryOutcome.NO_SPACE)
     log.error("queue=%s %s status=failed", queue, _who(target), exc_info=exc)
     return _Placement(target, DeliveryOutcome.FAILED)
+
+
+@contextlib.contextmanager
+def _quiet_os_error(action: str, path: Path) -> Iterator[None]:
+    """Log an OSError about a dedupe marker instead of raising it."""
+    try:
+        yield
+    except OSError as exc:
+        # Only a retry that reaches another server process is at stake.
+        log.warning("dedupe marker %s: cannot %s (%s)", path, action, exc)
 
 
 def _who(target: MailboxTarget) -> str:

@@ -8,6 +8,7 @@ exporter's memory and the scraper's database at will.
 """
 
 import enum
+import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -17,7 +18,9 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     disable_created_metrics,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from mdcore.errors import MdmailError
 from mdcore.names import normalize_domain
@@ -82,6 +85,24 @@ class _Children(Generic[Family]):
             # Two threads may both make it: labels() hands both the same child.
             child = self._children[values] = self.family.labels(*values)
         return child
+
+
+def count_in_files(directory: str) -> None:
+    """In a worker process: keep the counts made from now on in directory's files.
+
+    Called before the worker makes its Metrics, so each value is a memory-mapped
+    file of this process (the client library's multiprocess mode), which the
+    parent sums for its exporter with `summed_registry`.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def summed_registry(directory: str) -> CollectorRegistry:
+    """In the parent: a registry that sums the counts of every worker in directory."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def hosted_in(registry: Registry) -> Callable[[str], bool]:

@@ -61,6 +61,8 @@ class LmtpProcess:
         self.lmtp = {
             "listen": [f"inet:127.0.0.1:{self.port}", f"unix:{self.socket_path}"],
             "socket_mode": "0666",
+            # MDMAIL_TEST_LMTP_WORKERS=2 runs every test on a pre-forked server.
+            "workers": int(os.environ.get("MDMAIL_TEST_LMTP_WORKERS", "1")),
             **lmtp,
         }
         self.process: subprocess.Popen[bytes] | None = None

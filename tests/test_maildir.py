@@ -15,6 +15,7 @@ import pytest
 
 from mdcore.mailbox_reader import iter_crlf, list_messages, open_message
 from mdcore.maildir import (
+    MARKER_DIR,
     DedupeIndex,
     DeliveryOutcome,
     DeliveryResult,
@@ -330,6 +331,42 @@ def test_a_fresh_index_finds_earlier_deliveries_on_disk(
         [retry] = deliver(second, [target(maildir, "4XyZ1")], DedupeIndex())
     assert (retry.outcome, retry.name) == (DUPLICATE, seen)
     assert (names(maildir / "new"), names(maildir / "cur")) == ([], [seen])
+
+
+def test_another_process_delivery_is_found_through_its_marker(
+    tmp_path: Path, spool: Path
+) -> None:
+    """Index A read the Maildir before B delivered: B's marker still tells A."""
+    maildir = mailbox(tmp_path, "alice")
+    process_a, process_b = DedupeIndex(), DedupeIndex()
+    with stage(spool) as staged:
+        deliver(staged, [target(maildir, "Q0")], process_a)
+        [original] = deliver(staged, [target(maildir, "Q1")], process_b)
+    seen = f"{original.name}:2,S"
+    os.rename(maildir / "new" / str(original.name), maildir / "cur" / seen)
+
+    with stage(spool) as retry_body:
+        [retry] = deliver(retry_body, [target(maildir, "Q1")], process_a)
+    assert (retry.outcome, retry.name) == (DUPLICATE, original.name)
+    assert len(names(maildir / "cur")) == 1
+    assert os.readlink(maildir / MARKER_DIR / dedupe_tag("Q1", "alice@example.org"))
+
+
+def test_a_marker_whose_message_is_gone_is_not_a_copy(
+    tmp_path: Path, spool: Path
+) -> None:
+    """The message a marker names was never made durable, or is deleted: deliver."""
+    maildir = mailbox(tmp_path, "alice")
+    with stage(spool) as staged:
+        [original] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+    (maildir / "new" / str(original.name)).unlink()
+
+    with stage(spool) as staged:
+        [retry] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+    assert retry.outcome is DELIVERED
+    marker = maildir / MARKER_DIR / dedupe_tag("Q1", "alice@example.org")
+    assert os.readlink(marker) == retry.name
+    assert stat.S_IMODE(os.stat(maildir / MARKER_DIR).st_mode) == 0o700
 
 
 def test_tags_older_than_the_window_are_forgotten(tmp_path: Path, spool: Path) -> None:

@@ -75,7 +75,9 @@ def serve_lmtp(context: Context, args: argparse.Namespace) -> None:
     if args.listen:
         config = replace(config, lmtp=replace(config.lmtp, listen=tuple(args.listen)))
     setup_logging("lmtpd", config.log.level, config.log.file, log_root(config))
-    lmtp_main.run(config)
+    status = lmtp_main.run(config)
+    if status:
+        raise SystemExit(status)
 
 
 def serve_pop3(context: Context, args: argparse.Namespace) -> None:
