@@ -10,7 +10,15 @@ the ratio with/without is taken pair by pair and the table shows medians.
 Postfix has logged status=sent for every message. Postfix gets the milter settings
 `mdmail mta postfix --milter` writes, over TCP as the default milter.socket, except
 the milter time limits, left at Postfix's defaults: they change no rate.
-Run: .venv/bin/python bench/milter_bench.py [--messages 2000] [--repeat 3]
+
+--ceiling adds a third listener whose milter does nothing: bench/null_milter.c,
+compiled with cc against libmilter into the scratch folder, negotiating the steps,
+macros and the one added header field ours does, and answering "continue" to all.
+It runs in every repetition, next to the run without milter, and the tables add its
+ratio null/without, run by run: the rate no milter can beat, so what is left between
+that and 1 is Postfix's and libmilter's own cost per message. Without cc or
+libmilter-dev the bench says so and measures the other two.
+Run: .venv/bin/python bench/milter_bench.py [--messages 2000] [--repeat 3] [--ceiling]
 """
 
 import argparse
@@ -33,7 +41,12 @@ from mdcore.admin import Admin  # noqa: E402
 from mdcore.layout import StateRoot  # noqa: E402
 from tests.conftest import SECRET_HASH  # noqa: E402
 from tests.milter_process import MilterProcess  # noqa: E402
-from tests.mta import PostfixInstance, free_port, wait_until  # noqa: E402
+from tests.mta import (  # noqa: E402
+    PostfixInstance,
+    free_port,
+    is_listening,
+    wait_until,
+)
 
 DOMAIN = "bench.example"
 RECIPIENT = f"alice@{DOMAIN}"
@@ -41,7 +54,14 @@ SENDER = "sender@x.test"
 # A quota makes every RCPT read the mailbox's maildirsize, as it would in use.
 QUOTA_BYTES = 10 * 1024**3
 WARM_UP_MESSAGES = 100
-WITH, WITHOUT = "with milter", "without milter"
+WITH, WITHOUT, NULL = "with milter", "without milter", "null milter"
+# The listeners as named in the ratios.
+RATIO_NAMES = {WITH: "with", WITHOUT: "without", NULL: "null"}
+# Limitation: null_milter.c repeats our negotiation (steps, macros, the added
+# header field) by hand; a change to it in milter/mdmilter/filter.py must be made
+# there too, or the ceiling measures other protocol traffic than ours.
+NULL_SOURCE = REPO / "bench" / "null_milter.c"
+NULL_START_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,11 @@ def parse_args() -> argparse.Namespace:
         "--log-level", default="INFO", help="the milter's (INFO: a line per decision)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help=f"also measure a do-nothing C milter ({NULL_SOURCE.name})",
+    )
     return parser.parse_args()
 
 
@@ -90,10 +115,78 @@ class SentCounter:
         return self.sent
 
 
-class Bench:
-    """The milter, smtp-sink and Postfix in a scratch folder."""
+class NullMilterUnavailable(Exception):
+    """The null milter cannot be built here; the message says why."""
 
-    def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
+
+def build_null_milter(folder: Path) -> Path:
+    """Compile bench/null_milter.c into `folder`; return the program."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        raise NullMilterUnavailable("no C compiler (cc): install gcc and libmilter-dev")
+    program = folder / "null_milter"
+    command = [compiler, "-O2", "-o", str(program), str(NULL_SOURCE)]
+    done = subprocess.run(
+        [*command, "-lmilter", "-pthread"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        lines = done.stderr.splitlines() or [f"cc exited with {done.returncode}"]
+        detail = next((line for line in lines if "error" in line), lines[0])
+        raise NullMilterUnavailable(
+            f"cannot compile {NULL_SOURCE.name} (is libmilter-dev installed?): {detail}"
+        )
+    return program
+
+
+class NullMilter:
+    """The compiled null milter on a free loopback port."""
+
+    def __init__(self, program: Path, folder: Path) -> None:
+        self.program = program
+        self.log_path = folder / "null-milter.log"
+        port = free_port()
+        self.port = port
+        self.spec = f"inet:{port}@127.0.0.1"
+        self.postfix_spec = f"inet:127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it; return once it listens, or raise with what it said."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.program), self.spec], stdout=subprocess.DEVNULL, stderr=log
+            )
+        process = self.process
+
+        def up_or_gone() -> bool:
+            return is_listening("127.0.0.1", self.port) or process.poll() is not None
+
+        wait_until(up_or_gone, NULL_START_TIMEOUT, "the null milter")
+        if process.poll() is not None:
+            said = self.log_path.read_text().strip()
+            raise RuntimeError(f"null milter exited at start: {said}")
+
+    def stop(self) -> None:
+        """SIGKILL: it holds nothing, and libmilter takes seconds over SIGTERM."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process `pid` has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bench:
+    """The milter(s), smtp-sink and Postfix in a scratch folder."""
+
+    def __init__(
+        self, args: argparse.Namespace, scratch: Path, null_program: Path | None
+    ) -> None:
         self.args = args
         root = StateRoot(scratch / "state")
         admin = Admin(root)
@@ -112,21 +205,40 @@ class Bench:
         self.postfix.smtpd_milters = self.milter.postfix_spec
         plain = self.postfix.add_listener("127.0.0.1", options={"smtpd_milters": ""})
         self.ports = {WITH: self.postfix.smtp_port, WITHOUT: plain}
+        self.null: NullMilter | None = None
+        if null_program is not None:
+            self.null = NullMilter(null_program, scratch)
+            self.ports[NULL] = self.postfix.add_listener(
+                "127.0.0.1", options={"smtpd_milters": self.null.postfix_spec}
+            )
         self.counter = SentCounter(self.postfix.maillog)
 
+    @property
+    def listeners(self) -> tuple[str, ...]:
+        """The listeners in the order of a repetition, "without" between the others.
+
+        Each ratio then compares two adjacent runs, and reversing the order from one
+        repetition to the next gives every listener the same mean position.
+        """
+        return (WITH, WITHOUT, NULL) if self.null is not None else (WITH, WITHOUT)
+
     def start(self) -> None:
-        """Start the milter, the sink and Postfix, each once it can be reached."""
+        """Start the milter(s), the sink and Postfix, each once it can be reached."""
         self.milter.start()
+        if self.null is not None:
+            self.null.start()
         sink = ["smtp-sink", "-L", "-u", "nobody", f"127.0.0.1:{self.sink_port}", "256"]
         self.sink = subprocess.Popen(sink, stdout=subprocess.DEVNULL)
         self.postfix.start()
 
     def stop(self) -> None:
-        """Stop all three (the milter with SIGTERM, as systemd would)."""
+        """Stop them all (our milter with SIGTERM, as systemd would)."""
         self.postfix.stop()
         if self.sink is not None:
             self.sink.terminate()
             self.sink.wait()
+        if self.null is not None:
+            self.null.stop()
         self.milter.stop()
 
     def run(self, listener: str, messages: int) -> Figure:
@@ -149,60 +261,124 @@ class Bench:
         delivered = time.monotonic() - started
         return Figure(messages / accepted, messages / delivered)
 
-    def milter_cpu_seconds(self) -> float:
-        """CPU time (user + system) the milter process has used so far."""
-        assert self.milter.process is not None
-        stat = Path(f"/proc/{self.milter.process.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def milter_process(self, listener: str) -> subprocess.Popen[bytes] | None:
+        """The process of the milter behind `listener`, if it has one."""
+        if listener == WITH:
+            return self.milter.process
+        if listener == NULL and self.null is not None:
+            return self.null.process
+        return None
 
 
-def measure(
-    bench: Bench, args: argparse.Namespace
-) -> tuple[dict[str, list[Figure]], float]:
-    """Warm up, then `repeat` pairs in alternating order; also the milter's CPU/msg."""
-    for listener in (WITH, WITHOUT):
+@dataclass(frozen=True)
+class Measurement:
+    """Every run's figures per listener, and each milter's CPU time over them."""
+
+    figures: dict[str, list[Figure]]
+    cpu_seconds: dict[str, float]
+    messages: int
+
+    def cpu_per_message(self, listener: str) -> float:
+        """Seconds of the listener's milter CPU time per message it was sent."""
+        return self.cpu_seconds[listener] / self.messages
+
+
+def measure(bench: Bench, args: argparse.Namespace) -> Measurement:
+    """Warm up, then `repeat` rounds in alternating order, with each milter's CPU."""
+    for listener in bench.listeners:
         bench.run(listener, WARM_UP_MESSAGES)
-    figures: dict[str, list[Figure]] = {WITH: [], WITHOUT: []}
-    cpu = 0.0
+    figures: dict[str, list[Figure]] = {name: [] for name in bench.listeners}
+    cpu = dict.fromkeys(bench.listeners, 0.0)
     for turn in range(args.repeat):
-        order = (WITH, WITHOUT) if turn % 2 == 0 else (WITHOUT, WITH)
+        order = bench.listeners if turn % 2 == 0 else bench.listeners[::-1]
         for listener in order:
-            before = bench.milter_cpu_seconds()
+            process = bench.milter_process(listener)
+            before = cpu_seconds(process.pid) if process is not None else 0.0
             figure = bench.run(listener, args.messages)
-            if listener == WITH:
-                cpu += bench.milter_cpu_seconds() - before
+            if process is not None:
+                cpu[listener] += cpu_seconds(process.pid) - before
             figures[listener].append(figure)
             progress(
                 f"run {turn + 1} {listener}: accepted {figure.accepted:.0f}/s, "
                 f"delivered {figure.delivered:.0f}/s"
             )
-    return figures, cpu / (args.repeat * args.messages)
+    return Measurement(figures, cpu, args.repeat * args.messages)
 
 
-def table(figures: dict[str, list[Figure]], cpu_per_message: float) -> list[str]:
-    """The Markdown table: medians per listener, then the ratio of each pair."""
+def ratios(
+    figures: dict[str, list[Figure]], over: str, under: str
+) -> tuple[list[float], list[float]]:
+    """Run by run, `over`'s rate divided by `under`'s: accepted, then delivered."""
+    pairs = list(zip(figures[over], figures[under], strict=True))
+    accepted = [o.accepted / u.accepted for o, u in pairs]
+    delivered = [o.delivered / u.delivered for o, u in pairs]
+    return accepted, delivered
+
+
+def table(found: Measurement) -> list[str]:
+    """The Markdown tables: medians per listener, the ratios, the ceiling per run."""
+    figures = found.figures
+    ceiling = NULL in figures
+    shown = (WITHOUT, WITH, NULL) if ceiling else (WITHOUT, WITH)
     lines = [
         "| listener | accepted msg/s | delivered msg/s |",
         "|---|---:|---:|",
     ]
-    for listener in (WITHOUT, WITH):
+    for listener in shown:
         runs = figures[listener]
         accepted = statistics.median(f.accepted for f in runs)
         delivered = statistics.median(f.delivered for f in runs)
         lines.append(f"| {listener} | {accepted:.0f} | {delivered:.0f} |")
-    pairs = list(zip(figures[WITH], figures[WITHOUT], strict=True))
-    ratios = [
-        _ratio([w.accepted / o.accepted for w, o in pairs]),
-        _ratio([w.delivered / o.delivered for w, o in pairs]),
+    lines.append(ratio_row(figures, WITH, WITHOUT))
+    if ceiling:
+        lines.append(ratio_row(figures, NULL, WITHOUT))
+        lines.append(ratio_row(figures, WITH, NULL))
+    cpu = found.cpu_per_message(WITH) * 1000
+    lines += ["", f"Milter CPU time: {cpu:.2f} ms per message."]
+    if ceiling:
+        cpu = found.cpu_per_message(NULL) * 1000
+        lines += [f"Null milter CPU time: {cpu:.2f} ms per message."]
+        lines += ["", *ceiling_table(figures)]
+    return lines
+
+
+def ratio_row(figures: dict[str, list[Figure]], over: str, under: str) -> str:
+    """A row "ratio over/under": the median and range of the ratios run by run."""
+    accepted, delivered = ratios(figures, over, under)
+    name = f"ratio {RATIO_NAMES[over]}/{RATIO_NAMES[under]} (min-max)"
+    return f"| {name} | {_ratio(accepted)} | {_ratio(delivered)} |"
+
+
+def ceiling_table(figures: dict[str, list[Figure]]) -> list[str]:
+    """Ours and the null milter against no milter, run by run, then the medians."""
+    ours_accepted, ours_delivered = ratios(figures, WITH, WITHOUT)
+    null_accepted, null_delivered = ratios(figures, NULL, WITHOUT)
+    columns = [ours_accepted, null_accepted, ours_delivered, null_delivered]
+    lines = [
+        "| run | accepted with/without | accepted null/without "
+        "| delivered with/without | delivered null/without |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    lines.append(f"| ratio with/without (min-max) | {ratios[0]} | {ratios[1]} |")
-    lines += ["", f"Milter CPU time: {cpu_per_message * 1000:.2f} ms per message."]
+    for run, row in enumerate(zip(*columns, strict=True), start=1):
+        lines.append(f"| {run} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    medians = " | ".join(f"{statistics.median(c):.2f}" for c in columns)
+    lines.append(f"| median | {medians} |")
     return lines
 
 
 def _ratio(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def null_milter_note(program: Path | None, unavailable: str) -> str:
+    """What the third listener was, or why it was skipped."""
+    if program is None:
+        return f"Null milter: skipped, {unavailable}."
+    return (
+        f"Null milter: {NULL_SOURCE.name} in C against libmilter, negotiating the "
+        "steps, macros and added header field ours does; it answers every step "
+        '"continue".'
+    )
 
 
 def main() -> int:
@@ -214,10 +390,17 @@ def main() -> int:
         progress(f"missing: {', '.join(missing)} (package postfix)")
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="milter-bench-"))
-    bench = Bench(args, scratch)
+    null_program, unavailable = None, ""
+    if args.ceiling:
+        try:
+            null_program = build_null_milter(scratch)
+        except NullMilterUnavailable as reason:
+            unavailable = str(reason)
+            progress(f"null milter skipped: {unavailable}")
+    bench = Bench(args, scratch, null_program)
     try:
         bench.start()
-        figures, cpu = measure(bench, args)
+        found = measure(bench, args)
     finally:
         bench.stop()
         if args.keep:
@@ -225,12 +408,17 @@ def main() -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     print("\n".join(["```sh", command_line(), "```", ""]))
+    rounds = f"{args.repeat} pairs"
+    if null_program is not None:
+        rounds = f"{args.repeat} rounds of with/without/null"
     print(
         f"{os.cpu_count()} CPUs; {args.messages} messages a run, {args.sessions} "
-        f"sessions, {args.size}-octet bodies, 1 recipient, {args.repeat} pairs; "
+        f"sessions, {args.size}-octet bodies, 1 recipient, {rounds}; "
         "delivery over LMTP to smtp-sink.\n"
     )
-    print("\n".join(table(figures, cpu)))
+    if args.ceiling:
+        print(null_milter_note(null_program, unavailable) + "\n")
+    print("\n".join(table(found)))
     return 0
 
 

@@ -96,10 +96,17 @@ def _file_names(directory: Path) -> list[str]:
 
 def _message_info(directory: str, name: str) -> MessageInfo | None:
     """Build the record for one file, or None if it vanished meanwhile."""
+    sizes = file_sizes(directory, name)
+    if sizes is None:
+        return None
+    return MessageInfo(name, directory, sizes[0], sizes[1], base_name(name))
+
+
+def file_sizes(directory: str, name: str) -> tuple[int, int] | None:
+    """Stored and CRLF size of one message file; None if it vanished meanwhile."""
     # A large maildrop is listed at every login: the sizes come from the name
     # in one regex pass, and a file is opened only when its name lacks them.
-    uid = base_name(name)
-    fields = dict(_SIZE_FIELDS.findall(uid))
+    fields = dict(_SIZE_FIELDS.findall(base_name(name)))
     size = int(fields["S"]) if "S" in fields else None
     vsize = int(fields["W"]) if "W" in fields else None
     try:
@@ -109,7 +116,7 @@ def _message_info(directory: str, name: str) -> MessageInfo | None:
             vsize = size + _count_line_ends(Path(directory, name))
     except FileNotFoundError:
         return None
-    return MessageInfo(name, directory, size, vsize, uid)
+    return size, vsize
 
 
 def _count_line_ends(path: Path) -> int:

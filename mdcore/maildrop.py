@@ -8,19 +8,20 @@ session lists them, and only a clean QUIT removes what DELE marked.
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 from mdcore.errors import MdmailError
-from mdcore.mailbox_reader import MessageInfo, base_name, list_messages, open_message
+from mdcore.listing import Listing, load_listing, save_listing, scan_maildir
+from mdcore.mailbox_reader import MessageInfo, base_name, open_message
 from mdcore.quota import record_removal
 
 log = logging.getLogger(__name__)
@@ -52,23 +53,22 @@ class DropMessage:
 class Maildrop:
     """An open maildrop, locked for one session."""
 
-    def __init__(
-        self, maildir: Path, lock_fd: int, messages: list[DropMessage]
-    ) -> None:
+    def __init__(self, maildir: Path, lock_fd: int, listing: Listing) -> None:
         self.maildir = maildir
         self._lock_fd: int | None = lock_fd
-        self.messages = messages
+        self.listing = listing
+        self.messages = _Messages(maildir, listing)
 
     @classmethod
     def open(cls, maildir: Path) -> "Maildrop":
         """Lock and list a Maildir; raise MaildropInUseError if it is locked."""
         lock_fd = _lock(maildir)
         try:
-            messages = LISTINGS.messages(maildir)
+            listing = LISTINGS.listing(maildir)
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(maildir, lock_fd, list(messages))
+        return cls(maildir, lock_fd, listing)
 
     def read(self, index: int) -> BinaryIO:
         """Open message number index (0-based) for reading, as stored (LF ends)."""
@@ -117,6 +117,37 @@ class Maildrop:
             self._lock_fd = None
 
 
+class _Messages(Sequence[DropMessage]):
+    """The listing's messages as records, each made when it is asked for."""
+
+    def __init__(self, maildir: Path, listing: Listing) -> None:
+        self._maildir = os.fspath(maildir)
+        self._listing = listing
+
+    def __len__(self) -> int:
+        return len(self._listing)
+
+    @overload
+    def __getitem__(self, index: int) -> DropMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[DropMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> DropMessage | list[DropMessage]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        listing = self._listing
+        subdir, _, name = listing.locations[index].partition("/")
+        info = MessageInfo(
+            name,
+            os.path.join(self._maildir, subdir),
+            listing.sizes[index],
+            listing.vsizes[index],
+            base_name(name),
+        )
+        return DropMessage(info, listing.uidls[index])
+
+
 def _read_to_end(fd: int, expected: int) -> bytes:
     """Read a file to its end; one read(2) when its size is what the name says."""
     data = os.read(fd, expected + 1)
@@ -155,75 +186,65 @@ def _unlink_message(maildir: Path, info: MessageInfo) -> None:
                 return
 
 
-def _uidl(info: MessageInfo, uidl_map: dict[str, str]) -> str:
-    mapped = uidl_map.get(info.uid)
-    if mapped is not None:
-        return mapped
-    if _UIDL_TEXT.match(info.uid):
-        return info.uid
-    # A base name too long or with odd characters: a digest of it is as stable.
-    return hashlib.sha256(info.uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-def _listing(maildir: Path) -> tuple[DropMessage, ...]:
-    """Every message of a Maildir with its UIDL, oldest first."""
-    uidl_map = read_uidl_map(maildir)
-    return tuple(
-        DropMessage(info, _uidl(info, uidl_map)) for info in list_messages(maildir)
-    )
-
-
 class ListingCache:
     """The last listing of each Maildir, reused while its folders are unchanged.
 
-    A login lists the whole Maildir; a large one takes milliseconds to read
-    and parse, and most logins find it as the last one left it. A listing is
-    kept with the modification times of new/, cur/ and the UIDL map, and is
-    used again only while all three are the same and were already old when
-    it was taken: a change within the file system's timestamp tick of the
-    listing could otherwise leave the times equal (Dovecot's Maildir sync
-    distrusts recent times for the same reason).
+    A listing is kept with the modification times of new/, cur/ and the UIDL
+    map, and is used again without reading the folders only while all three
+    are the same and were already old when it was taken: a change within the
+    file system's timestamp tick of the listing could otherwise leave the
+    times equal (Dovecot's Maildir sync distrusts recent times for the same
+    reason). Otherwise the folders are read and the listing is brought up to
+    date from the kept one (mdcore.listing); with none in memory, from the one
+    written to the Maildir.
     """
 
     def __init__(
         self, max_messages: int = 200_000, settle_ns: int = 2_000_000_000
     ) -> None:
-        # Bounded by messages, not maildrops: a listing costs about 430 bytes a
-        # message (measured with tracemalloc), so the default holds 90 MB at most.
+        # Bounded by messages, not maildrops: a listing costs about 150 bytes a
+        # message, so the default holds some 30 MB at most.
         self._max_messages = max_messages
         self._held = 0
         self._settle_ns = settle_ns
         self._guard = threading.Lock()
-        self._entries: OrderedDict[str, tuple[tuple[int, ...], tuple[DropMessage, ...]]]
-        self._entries = OrderedDict()
+        self._entries: OrderedDict[str, Listing] = OrderedDict()
 
-    def messages(self, maildir: Path) -> tuple[DropMessage, ...]:
+    def listing(self, maildir: Path) -> Listing:
         """The listing of maildir: the kept one if still valid, else a fresh one."""
         key = os.fspath(maildir)
         stamps = _stamps(key)
         with self._guard:
             kept = self._entries.get(key)
-            if kept is not None and kept[0] == stamps:
+            if kept is not None:
                 self._entries.move_to_end(key)
-                return kept[1]
-        messages = _listing(maildir)
-        if time.time_ns() - max(stamps) > self._settle_ns:
-            self._keep(key, stamps, messages)
-        return messages
+        if kept is None:
+            kept = load_listing(maildir)
+        settled = time.time_ns() - max(stamps) > self._settle_ns
+        if kept.stamps == stamps and settled:
+            self._keep(key, kept)
+            return kept
+        fresh = scan_maildir(maildir, stamps, read_uidl_map(maildir), kept)
+        if settled:
+            self._keep(key, fresh)
+            save_listing(maildir, fresh)
+        return fresh
 
-    def _keep(
-        self, key: str, stamps: tuple[int, ...], messages: tuple[DropMessage, ...]
-    ) -> None:
+    def messages(self, maildir: Path) -> Sequence[DropMessage]:
+        """The listing of maildir as records."""
+        return _Messages(maildir, self.listing(maildir))
+
+    def _keep(self, key: str, kept: Listing) -> None:
         """Hold a listing, dropping the least recently used ones beyond the bound."""
-        if len(messages) > self._max_messages:
+        if len(kept) > self._max_messages:
             return
         with self._guard:
             old = self._entries.pop(key, None)
-            self._held -= len(old[1]) if old is not None else 0
-            self._entries[key] = (stamps, messages)
-            self._held += len(messages)
+            self._held -= len(old) if old is not None else 0
+            self._entries[key] = kept
+            self._held += len(kept)
             while self._held > self._max_messages:
-                _, (_, dropped) = self._entries.popitem(last=False)
+                _, dropped = self._entries.popitem(last=False)
                 self._held -= len(dropped)
 
 

@@ -5,45 +5,59 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
-# RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21 to 0x7E.
-_UNIQUE_ID = re.compile(r"[\x21-\x7e]{1,70}")
+# RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21 to 0x7E; the
+# listing's unique-ids are checked together, one per line of one string.
+_UNIQUE_IDS = re.compile(r"[\x21-\x7e]{1,70}(?:\n[\x21-\x7e]{1,70})*")
 
 
-@dataclass(frozen=True)
-class MessageInfo:
-    """One message of the listing the application supplies at login.
+class MessageInfo(NamedTuple):
+    """One message of the listing: its size on the wire and its unique-id.
 
     `size` is the exact size on the wire (RFC 1939 section 11): every line
     end counted as CRLF, dot-stuffing not counted; `wire_size()` in
-    pop3proxy.content computes it. `uid` is the UIDL unique-id.
+    pop3proxy.content computes it. `uid` is the UIDL unique-id. The values
+    are checked by the Maildrop that holds them.
     """
 
     size: int
     uid: str
 
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            raise ValueError("message size must not be negative")
-        if not _UNIQUE_ID.fullmatch(self.uid):
-            raise ValueError(f"unique-id must be 1-70 printable ASCII: {self.uid!r}")
 
-
-@dataclass(frozen=True)
 class Maildrop:
-    """The messages of a maildrop at login, numbered 1, 2, ... in this order."""
+    """The messages of a maildrop at login, numbered 1, 2, ... in this order.
 
-    messages: tuple[MessageInfo, ...]
+    Held as two columns, sizes and unique-ids: a login into a large maildrop
+    then makes no object per message.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, sizes: Sequence[int] = (), uids: Sequence[str] = ()) -> None:
+        """Check and keep the columns; ValueError if any value is not allowed."""
+        if len(sizes) != len(uids):
+            raise ValueError("a size and a unique-id for every message")
+        if sizes and min(sizes) < 0:
+            raise ValueError("message size must not be negative")
+        if uids and not _UNIQUE_IDS.fullmatch("\n".join(uids)):
+            raise ValueError("unique-ids must be 1-70 printable ASCII characters")
         # RFC 1939 section 7: no two messages share a unique-id.
-        if len({message.uid for message in self.messages}) != len(self.messages):
+        if len(set(uids)) != len(uids):
             raise ValueError("unique-ids must be unique within the maildrop")
+        self.sizes = tuple(sizes)
+        self.uids = tuple(uids)
 
     @classmethod
     def of(cls, messages: Sequence[tuple[int, str]]) -> Maildrop:
         """Build a maildrop from (size, uid) pairs."""
-        return cls(tuple(MessageInfo(size, uid) for size, uid in messages))
+        return cls([size for size, _ in messages], [uid for _, uid in messages])
+
+    @property
+    def messages(self) -> tuple[MessageInfo, ...]:
+        """The messages as records, in order."""
+        return tuple(map(MessageInfo, self.sizes, self.uids))
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
 
 @dataclass(frozen=True)
@@ -100,26 +114,27 @@ class DropView:
 
     def __init__(self, maildrop: Maildrop) -> None:
         """Start with no message marked."""
-        self._messages = maildrop.messages
+        self._sizes = maildrop.sizes
+        self._uids = maildrop.uids
         self._marked: set[int] = set()
-        self._live_octets = sum(message.size for message in self._messages)
+        self._live_octets = sum(self._sizes)
         self._total_octets = self._live_octets
 
     @property
     def total(self) -> tuple[int, int]:
         """Messages and octets at login, marks ignored."""
-        return len(self._messages), self._total_octets
+        return len(self._sizes), self._total_octets
 
     @property
     def live(self) -> tuple[int, int]:
         """Messages and octets not marked deleted (RFC 1939 STAT)."""
-        return len(self._messages) - len(self._marked), self._live_octets
+        return len(self._sizes) - len(self._marked), self._live_octets
 
     def message(self, number: int) -> MessageInfo | None:
         """The message numbered `number`, or None if absent or marked deleted."""
-        if not 1 <= number <= len(self._messages) or number in self._marked:
+        if not 1 <= number <= len(self._sizes) or number in self._marked:
             return None
-        return self._messages[number - 1]
+        return MessageInfo(self._sizes[number - 1], self._uids[number - 1])
 
     def mark(self, number: int) -> bool:
         """Mark a message deleted; False if there is no such message."""
@@ -137,13 +152,15 @@ class DropView:
 
     def listing(self) -> Iterator[tuple[int, MessageInfo]]:
         """The messages not marked deleted, with their numbers, in order."""
-        for number, message in enumerate(self._messages, start=1):
-            if number not in self._marked:
-                yield number, message
+        marked = self._marked
+        columns = zip(self._sizes, self._uids, strict=True)
+        for number, (size, uid) in enumerate(columns, start=1):
+            if number not in marked:
+                yield number, MessageInfo(size, uid)
 
     def marked(self) -> tuple[MessageRef, ...]:
         """The messages marked deleted, in number order."""
         return tuple(
-            MessageRef(number, self._messages[number - 1].uid)
+            MessageRef(number, self._uids[number - 1])
             for number in sorted(self._marked)
         )

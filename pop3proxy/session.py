@@ -275,7 +275,7 @@ class Session:
             return Outcome.UNAVAILABLE, responses.AUTH_UNAVAILABLE
         self.drop = drop
         try:
-            return Outcome.OK, Listing.of([(m.size, m.uidl) for m in drop.messages])
+            return Outcome.OK, Listing(drop.listing.vsizes, drop.listing.uidls)
         except ValueError as error:
             log.error("%s: bad listing of %s: %s", self.name, verdict.address, error)
             self._release()
@@ -452,7 +452,7 @@ class _MessageReader:
         # Limitation: a small message whose file is not in the page cache
         # holds the event loop for one disk read. Reading ahead in a worker
         # while the previous message is sent would lift it.
-        self.small = drop.messages[index].info.size <= SMALL_MESSAGE
+        self.small = drop.listing.sizes[index] <= SMALL_MESSAGE
 
     def next_chunk(self) -> tuple[bytes, bool]:
         """The next chunk, and whether it is the last; opens the file first."""

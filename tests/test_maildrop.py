@@ -2,13 +2,18 @@
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from mdcore import maildrop as maildrop_module
+from mdcore.listing import LISTING_FILE
+from mdcore.mailbox_reader import list_messages
 from mdcore.maildir import MailboxTarget, StagedMessage, deliver, ensure_maildir
 from mdcore.maildrop import (
     UIDL_MAP_FILE,
+    DropMessage,
     ListingCache,
     Maildrop,
     MaildropInUseError,
@@ -113,19 +118,19 @@ def test_listing_is_reused_while_the_maildir_is_unchanged(maildir: Path) -> None
     """An old, unchanged Maildir is listed once; a delivery makes a fresh listing."""
     cache = ListingCache()
     age(maildir, 60)
-    first = cache.messages(maildir)
-    assert cache.messages(maildir) is first
+    first = cache.listing(maildir)
+    assert cache.listing(maildir) is first
 
     put(maildir, b"Subject: new\r\n\r\nbody\r\n")
-    fresh = cache.messages(maildir)
+    fresh = cache.listing(maildir)
     assert len(fresh) == len(first) + 1
 
 
 def test_recent_listing_is_not_kept(maildir: Path) -> None:
     """Folders changed within the settle time are listed again at every login."""
     cache = ListingCache()
-    first = cache.messages(maildir)
-    second = cache.messages(maildir)
+    first = cache.listing(maildir)
+    second = cache.listing(maildir)
     assert second == first
     assert second is not first
 
@@ -150,6 +155,63 @@ def test_listings_held_are_bounded_by_messages(tmp_path: Path) -> None:
             put(path, f"Subject: {number}\r\n\r\nx\r\n".encode())
         age(path, 60)
         maildirs.append(path)
-    first = cache.messages(maildirs[0])
-    cache.messages(maildirs[1])  # 6 messages held > 5: the first listing goes
-    assert cache.messages(maildirs[0]) is not first
+    first = cache.listing(maildirs[0])
+    cache.listing(maildirs[1])  # 6 messages held > 5: the first listing goes
+    assert cache.listing(maildirs[0]) is not first
+
+
+def records(maildir: Path) -> list[tuple[str, int, int, str]]:
+    """(name, size, vsize, uid) of every message, as the reference lister sees it."""
+    return [
+        (info.name, info.size, info.vsize, info.uid) for info in list_messages(maildir)
+    ]
+
+
+def listed(drop: Sequence[DropMessage]) -> list[tuple[str, int, int, str]]:
+    """The same four fields from a maildrop's records."""
+    return [(m.info.name, m.info.size, m.info.vsize, m.info.uid) for m in drop]
+
+
+def test_a_new_server_starts_from_the_listing_file(maildir: Path) -> None:
+    """The listing written to the Maildir serves a fresh cache without a scan."""
+    age(maildir, 60)
+    first = ListingCache().listing(maildir)
+    assert (maildir / LISTING_FILE).exists()
+
+    def no_scan(*args: object) -> None:
+        raise AssertionError("the folders were read again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(maildrop_module, "scan_maildir", no_scan)
+        assert ListingCache().listing(maildir) == first
+
+
+def test_a_broken_listing_file_is_ignored(maildir: Path) -> None:
+    """A truncated or foreign listing file: the folders are read as if it were not."""
+    age(maildir, 60)
+    expected = records(maildir)
+    ListingCache().listing(maildir)
+    text = (maildir / LISTING_FILE).read_text()
+    for broken in (text[: len(text) // 2], "garbage\n", text.replace("new/", "../")):
+        (maildir / LISTING_FILE).write_text(broken)
+        assert listed(ListingCache().messages(maildir)) == expected
+
+
+def test_the_listing_follows_changes_by_difference(maildir: Path) -> None:
+    """Moved to cur/ with flags, removed, newly delivered: as a full listing says."""
+    cache = ListingCache(settle_ns=0)
+    age(maildir, 60)
+    first = cache.messages(maildir)
+    moved = first[0].info.name
+    os.rename(maildir / "new" / moved, maildir / "cur" / f"{moved}:2,S")
+    (maildir / "new" / first[1].info.name).unlink()
+    put(maildir, b"Subject: later\r\n\r\nx\r\n")
+    # A name with no size fields, sized from the file, and one Dovecot made.
+    (maildir / "cur" / "1.M1P1.host:2,").write_bytes(b"a\nb\n")
+    (maildir / "new" / "1700000000.M5P7.host,S=3,W=4").write_bytes(b"ab\n")
+    age(maildir, 60)
+
+    assert listed(cache.messages(maildir)) == records(maildir)
+    assert listed(ListingCache().messages(maildir)) == records(maildir)
+    uidls = [m.uidl for m in cache.messages(maildir)]
+    assert uidls[0] == "1.M1P1.host" and len(set(uidls)) == len(uidls) == 5

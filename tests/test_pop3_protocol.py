@@ -22,7 +22,7 @@ from pop3proxy.events import (
     StartTLS,
     Update,
 )
-from pop3proxy.maildrop import Maildrop, MessageInfo, MessageRef
+from pop3proxy.maildrop import Maildrop, MessageRef
 from pop3proxy.protocol import POP3Connection, ProtocolUsageError, Settings, State
 from pop3proxy.responses import Response
 
@@ -1024,7 +1024,11 @@ def test_records_refuse_bad_values() -> None:
     with pytest.raises(ValueError):
         Response(False, "text", "BAD]CODE")
     with pytest.raises(ValueError):
-        MessageInfo(10, "has space")
+        Maildrop.of([(10, "has space")])
+    with pytest.raises(ValueError):
+        Maildrop.of([(10, "ok"), (-1, "negative")])
+    with pytest.raises(ValueError):
+        Maildrop.of([(10, "x" * 71)])
     with pytest.raises(ValueError):
         Maildrop.of([(1, "same"), (2, "same")])
     assert Response(False, "x", "SYS/TEMP").to_bytes() == b"-ERR [SYS/TEMP] x\r\n"
