@@ -287,7 +287,7 @@ class Dialogue:
             self._reply(responses.one_listing(number, self._message(number).size))
             return
         drop = self._maildrop()
-        lines = [f"{number} {message.size}" for number, message in drop.listing()]
+        lines = drop.numbered("size")
         self._send(multiline(responses.scan_listing(*drop.live), lines))
 
     def _uidl(self, arg: str) -> None:
@@ -295,8 +295,7 @@ class Dialogue:
         if number is not None:
             self._reply(responses.one_listing(number, self._message(number).uid))
             return
-        listing = self._maildrop().listing()
-        lines = [f"{number} {message.uid}" for number, message in listing]
+        lines = self._maildrop().numbered("uid")
         self._send(multiline(responses.UIDL_FOLLOWS, lines))
 
     def _retr(self, arg: str) -> None:

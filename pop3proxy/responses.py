@@ -49,8 +49,14 @@ class Response:
 
 def multiline(head: Response, lines: Iterable[str]) -> bytes:
     """A status line, then `lines` dot-stuffed, then "." (RFC 1939 section 3)."""
-    body = [f".{line}" if line.startswith(".") else line for line in lines]
-    return head.to_bytes() + "".join(f"{line}\r\n" for line in [*body, "."]).encode()
+    body = [*lines, "."]
+    text = "\r\n".join(body)
+    if text.startswith(".") or "\n." in text[:-1]:
+        # Rare (a listing's lines start with digits): stuff line by line.
+        text = "\r\n".join(
+            [f".{line}" if line.startswith(".") else line for line in body[:-1]] + ["."]
+        )
+    return head.to_bytes() + (text + "\r\n").encode()
 
 
 def _ok(text: str) -> Response:

@@ -24,7 +24,7 @@ from pop3proxy.events import (
 )
 from pop3proxy.maildrop import Maildrop, MessageRef
 from pop3proxy.protocol import POP3Connection, ProtocolUsageError, Settings, State
-from pop3proxy.responses import Response
+from pop3proxy.responses import Response, multiline
 
 HOST = "pop.example"
 GREETING = b"+OK pop.example POP3 server ready\r\n"
@@ -1064,3 +1064,14 @@ def test_session_acts_as_authzid() -> None:
     assert conn.data_to_send() == GREETING + lines(
         "+OK Logged in, 0 messages (0 octets)"
     )
+
+
+def test_multiline_stuffs_dots_and_ends_with_one() -> None:
+    """RFC 1939 section 3: a line starting with "." gets another; "." ends it."""
+    head = Response(True, "list")
+    assert multiline(head, []) == b"+OK list\r\n.\r\n"
+    assert multiline(head, ["1 10", "2 20"]) == b"+OK list\r\n1 10\r\n2 20\r\n.\r\n"
+    assert multiline(head, [".a", "b", ".", ""]) == (
+        b"+OK list\r\n..a\r\nb\r\n..\r\n\r\n.\r\n"
+    )
+    assert multiline(head, ["", "x."]) == b"+OK list\r\n\r\nx.\r\n.\r\n"
