@@ -71,6 +71,21 @@ class ContentEncoder:
             text = self._cut(text)
         return self._stuff(text)
 
+    def encode_whole(self, message: bytes) -> bytes:
+        """encode(message) + finish(): the wire octets of a message read at once."""
+        if self._lines_left is not None or message.endswith(b"\r") or self.octets:
+            # TOP, a CR that finish() must see held back, or chunks before.
+            return self.encode(message) + self.finish()
+        text = _to_crlf(message)
+        self.octets = len(text)
+        self.done = True
+        wire = text.replace(b"\r\n.", b"\r\n..")
+        if text.startswith(b"."):
+            wire = b"." + wire
+        if text and not text.endswith(_CRLF):
+            return wire + _CRLF + _TERMINATOR
+        return wire + _TERMINATOR
+
     def finish(self) -> bytes:
         """The last wire octets: a held CR, a missing line end, the terminator."""
         tail = b""

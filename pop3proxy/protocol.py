@@ -166,6 +166,17 @@ class POP3Connection(Dialogue):
         self._outgoing += encoder.encode(data)
         return not encoder.done
 
+    def send_message(self, data: bytes) -> None:
+        """Send the whole message at once: feed_message(data), then finish_message()."""
+        encoder = self._message_encoder()
+        if encoder is None:
+            return
+        self._open_message()
+        self._outgoing += encoder.encode_whole(data)
+        whole = self._retrieval is None or self._retrieval.body_lines is None
+        self._stats = self._stats.retrieved(whole, encoder.octets)
+        self._end_message()
+
     def finish_message(self) -> None:
         """End the message RetrieveMessage asked for (the whole of it was fed)."""
         encoder = self._message_encoder()

@@ -331,6 +331,9 @@ class Session:
         """
         assert self.drop is not None
         reader = _MessageReader(self.drop, event.number - 1)
+        if reader.small:
+            await self._retrieve_small(event, reader)
+            return
         try:
             while True:
                 if reader.small:
@@ -349,6 +352,20 @@ class Session:
         finally:
             reader.close()
         self.conn.finish_message()
+
+    async def _retrieve_small(
+        self, event: RetrieveMessage, reader: _MessageReader
+    ) -> None:
+        """A small message: read in one step on the loop and sent in one piece."""
+        try:
+            data, _ = reader.next_chunk()
+        except (OSError, ValueError) as error:
+            log.error("%s: cannot read message %s: %s", self.name, event.uid, error)
+            self.conn.abort_message(responses.MESSAGE_UNAVAILABLE)
+            return
+        self.conn.send_message(data)
+        if self.conn.output_size() >= FLUSH_SIZE:
+            await self._flush()
 
     async def _update(self, event: Update) -> None:
         """RFC 1939 section 6: remove what DELE marked, then release the maildrop."""

@@ -1075,3 +1075,16 @@ def test_multiline_stuffs_dots_and_ends_with_one() -> None:
         b"+OK list\r\n..a\r\nb\r\n..\r\n\r\n.\r\n"
     )
     assert multiline(head, ["", "x."]) == b"+OK list\r\n\r\nx.\r\n.\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [MSG1, MSG2, MSG3, NASTY, b"", b"\n", b".", b"a\r", b"a\n\r", b"x\r\ny", b".\r\n."],
+)
+def test_a_message_sent_whole_is_the_same_as_in_chunks(message: bytes) -> None:
+    """encode_whole() gives the octets and the count that encode() + finish() do."""
+    whole = ContentEncoder()
+    wire = whole.encode_whole(message)
+    chunked = ContentEncoder()
+    assert wire == b"".join(map(chunked.encode, bytewise(message))) + chunked.finish()
+    assert whole.octets == chunked.octets == wire_size([message])
