@@ -10,6 +10,7 @@ import errno
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lmtpd import replies
 from lmtpd.replies import Reply
@@ -90,6 +91,9 @@ class Deliverer:
         self.config = config
         self.registry = registry
         self.metrics = metrics
+        # Maildirs seen with their new/: one stat(2) each per process, not one
+        # per delivery. One that fails a delivery is looked at again next time.
+        self._present: set[Path] = set()
 
     # RCPT
 
@@ -152,6 +156,10 @@ class Deliverer:
         # Reads maildirsize on the event loop: a small file in the page cache, and
         # only for accounts that have a quota.
         for mailbox in resolution.mailboxes:
+            namespace = self.registry.namespace(mailbox.domain)
+            account = namespace.account(mailbox.account) if namespace else None
+            if account is None or not (account.quota_bytes or account.quota_messages):
+                continue
             target = self.target(mailbox, "", None)
             if target.quota is not None and would_exceed(
                 target.maildir, target.quota, size
@@ -194,14 +202,30 @@ class Deliverer:
         mailboxes = txn.mailboxes()
         prefix = _return_path(txn.mail_from)
         if len(mailboxes) == 1:
-            staging = _present(self.target(mailboxes[0], "", None)).maildir / "tmp"
+            staging = self._ensure(self.target(mailboxes[0], "", None)).maildir / "tmp"
             if len(txn.recipients) == 1:
                 prefix += _delivered_to(txn.recipients[0].resolution)
         else:
             staging = self.config.root.staging
             staging.mkdir(mode=0o700, parents=True, exist_ok=True)
-        txn.staged = StagedMessage(staging, prefix)
+        try:
+            txn.staged = StagedMessage(staging, prefix)
+        except OSError:
+            # Perhaps the Maildir went away: the next attempt makes it again.
+            self._present.discard(staging.parent)
+            raise
         return txn.staged
+
+    def _ensure(self, target: MailboxTarget) -> MailboxTarget:
+        # An account added by hand (a passwd line, as Dovecot's passwd-file
+        # allows) has no Maildir yet: make it at its first delivery, as
+        # Dovecot's LDA does.
+        if target.maildir in self._present:
+            return target
+        if not (target.maildir / "new").is_dir():
+            ensure_maildir(target.maildir, target.uid, target.gid)
+        self._present.add(target.maildir)
+        return target
 
     def target(
         self, mailbox: Mailbox, recipient: str, dedupe: str | None
@@ -271,8 +295,11 @@ class Deliverer:
             for mailbox in recipient.resolution.mailboxes:
                 if mailbox not in (box for box, _ in targets):
                     target = self.target(mailbox, recipient.address, dedupe_key)
-                    targets.append((mailbox, _present(target)))
+                    targets.append((mailbox, self._ensure(target)))
         results = deliver(staged, [target for _, target in targets])
+        for result in results:
+            if result.outcome is DeliveryOutcome.FAILED:
+                self._present.discard(result.target.maildir)
         return {
             mailbox: result
             for (mailbox, _), result in zip(targets, results, strict=True)
@@ -365,14 +392,6 @@ def _target(
         gid=settings.gid,
         quota=quota,
     )
-
-
-def _present(target: MailboxTarget) -> MailboxTarget:
-    # An account added by hand (a passwd line, as Dovecot's passwd-file allows)
-    # has no Maildir yet: make it at its first delivery, as Dovecot's LDA does.
-    if not (target.maildir / "new").is_dir():
-        ensure_maildir(target.maildir, target.uid, target.gid)
-    return target
 
 
 def _return_path(mail_from: str) -> bytes:

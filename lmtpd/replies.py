@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 # RFC 3463 section 2: class.subject.detail, class 2, 4 or 5, subject and detail
 # up to three digits each.
@@ -58,7 +58,15 @@ class Reply:
         tag = f"<{address}>"
         if self.text.startswith(tag):
             return self
-        return replace(self, text=f"{tag} {self.text}")
+        if "\r" in address:
+            raise ValueError("reply text must not hold a carriage return")
+        # The code and status code were checked when self was made: built
+        # without __post_init__, as this runs for every recipient of a message.
+        named = object.__new__(Reply)
+        object.__setattr__(named, "code", self.code)
+        object.__setattr__(named, "enhanced", self.enhanced)
+        object.__setattr__(named, "text", f"{tag} {self.text}")
+        return named
 
 
 def greeting(hostname: str) -> Reply:

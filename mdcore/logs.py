@@ -22,6 +22,25 @@ LINE_FORMAT = "%(asctime)s %(program)s[%(process)d]: %(message)s"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
+class _LineFormatter(logging.Formatter):
+    """The log line format, with the time text made once per second."""
+
+    def __init__(self) -> None:
+        super().__init__(LINE_FORMAT, TIME_FORMAT)
+        self.converter = time.gmtime
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The record's time in TIME_FORMAT; strftime runs once a second."""
+        second = int(record.created)
+        if second != self._second:
+            # Two threads may both format a new second: the same text either way.
+            self._text = super().formatTime(record, datefmt)
+            self._second = second
+        return self._text
+
+
 def for_domain(domain: str) -> dict[str, str]:
     """The `extra` argument that tags a log record with its domain."""
     return {"domain": domain}
@@ -109,8 +128,7 @@ def setup_logging(
     root: StateRoot | None = None,
 ) -> None:
     """Send log lines to stderr (or a file), and to domain logs when root is given."""
-    formatter = logging.Formatter(LINE_FORMAT, TIME_FORMAT)
-    formatter.converter = time.gmtime
+    formatter = _LineFormatter()
     main: logging.Handler
     if file:
         main = logging.FileHandler(file, encoding="utf-8")

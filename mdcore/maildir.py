@@ -441,7 +441,7 @@ class _Source:
         extra = len(target.header)
         return self.size + extra, self.vsize + extra + target.header.count(b"\n")
 
-    def link_into(self, target: MailboxTarget, new_path: Path) -> bool:
+    def link_into(self, target: MailboxTarget, new_path: str) -> bool:
         """Hard-link the staged file to new_path; False when a copy must do."""
         if not self._owner_fits(target):
             return False
@@ -510,7 +510,9 @@ def _store(source: _Source, target: MailboxTarget, tag: str | None) -> _Placemen
     ):
         return _Placement(target, DeliveryOutcome.QUOTA_EXCEEDED)
     name = unique_name(size, vsize, tag)
-    if target.header or not source.link_into(target, target.maildir / "new" / name):
+    # Paths as strings here: a Path built per recipient costs more than the link.
+    new_path = os.path.join(target.maildir, "new", name)
+    if target.header or not source.link_into(target, new_path):
         _copy_into(source, target, name)
     return _Placement(target, DeliveryOutcome.DELIVERED, name, size, tag)
 
@@ -544,16 +546,18 @@ def _fill_copy(fd: int, source: _Source, target: MailboxTarget) -> None:
 def _sync_new_dirs(placements: list[_Placement], index: DedupeIndex) -> None:
     """Fsync each new/ that got a message once; undo the messages of a failed one."""
     delivered = [p for p in placements if p.outcome is DeliveryOutcome.DELIVERED]
-    directories = list(dict.fromkeys(p.target.maildir / "new" for p in delivered))
+    directories = list(
+        dict.fromkeys(os.path.join(p.target.maildir, "new") for p in delivered)
+    )
     for directory, exc in zip(directories, _fsync_dirs(directories), strict=True):
         if exc is None:
             continue
         for placement in delivered:
-            if placement.target.maildir / "new" == directory:
+            if os.path.join(placement.target.maildir, "new") == directory:
                 _undo(placement, exc, index)
 
 
-def _fsync_dirs(directories: list[Path]) -> list[OSError | None]:
+def _fsync_dirs(directories: list[str]) -> list[OSError | None]:
     """Fsync the directories together; the error of each, or None.
 
     One after another, each fsync waits for a journal commit of its own. Issued
@@ -565,7 +569,7 @@ def _fsync_dirs(directories: list[Path]) -> list[OSError | None]:
     return list(_dir_sync_pool().map(_fsync_error, directories))
 
 
-def _fsync_error(directory: Path) -> OSError | None:
+def _fsync_error(directory: str | Path) -> OSError | None:
     """Fsync one directory; its error instead of raising it."""
     try:
         _fsync_dir(directory)
@@ -655,7 +659,7 @@ def _last_touched(entry: os.DirEntry[str]) -> float:
     return max(status.st_atime, status.st_mtime, status.st_ctime)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     """Fsync a directory, making the names just added to it durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
