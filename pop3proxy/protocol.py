@@ -342,7 +342,7 @@ class POP3Connection(Dialogue):
             return
         self._head_sent = True
         if self._retrieval.body_lines is None:
-            self._reply(responses.message_follows(self._retrieval.size))
+            self._send(responses.message_follows_line(self._retrieval.size))
         else:
             self._reply(responses.TOP_FOLLOWS)
 

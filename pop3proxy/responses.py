@@ -102,6 +102,13 @@ def message_follows(octets: int) -> Response:
     return _ok(f"{octets} octets")
 
 
+def message_follows_line(octets: int) -> bytes:
+    """message_follows(octets) on the wire, formatted at once: sent per RETR."""
+    if octets < 0:
+        raise ValueError("message size must not be negative")
+    return b"+OK %d octets\r\n" % octets
+
+
 def deleted(number: int) -> Response:
     """The reply to DELE."""
     return _ok(f"Message {number} deleted")

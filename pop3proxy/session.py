@@ -330,16 +330,14 @@ class Session:
         steps, one chunk each, so that memory stays at one chunk.
         """
         assert self.drop is not None
-        reader = _MessageReader(self.drop, event.number - 1)
-        if reader.small:
-            await self._retrieve_small(event, reader)
+        index = event.number - 1
+        if self.drop.listing.sizes[index] <= SMALL_MESSAGE:
+            await self._retrieve_small(event, index)
             return
+        reader = _MessageReader(self.drop, index)
         try:
             while True:
-                if reader.small:
-                    chunk, last = reader.next_chunk()
-                else:
-                    chunk, last = await self.server.in_worker(reader.next_chunk)
+                chunk, last = await self.server.in_worker(reader.next_chunk)
                 wanted = self.conn.feed_message(chunk) if chunk else True
                 if self.conn.output_size() >= FLUSH_SIZE:
                     await self._flush()
@@ -353,12 +351,14 @@ class Session:
             reader.close()
         self.conn.finish_message()
 
-    async def _retrieve_small(
-        self, event: RetrieveMessage, reader: _MessageReader
-    ) -> None:
+    async def _retrieve_small(self, event: RetrieveMessage, index: int) -> None:
         """A small message: read in one step on the loop and sent in one piece."""
+        # Limitation: a small message whose file is not in the page cache
+        # holds the event loop for one disk read. Reading ahead in a worker
+        # while the previous message is sent would lift it.
+        assert self.drop is not None
         try:
-            data, _ = reader.next_chunk()
+            data = self.drop.read_whole(index)
         except (OSError, ValueError) as error:
             log.error("%s: cannot read message %s: %s", self.name, event.uid, error)
             self.conn.abort_message(responses.MESSAGE_UNAVAILABLE)
@@ -460,21 +460,15 @@ def _abandoned(abandon: Callable[[T], object], future: asyncio.Future[T]) -> Non
 
 
 class _MessageReader:
-    """One stored message, read chunk by chunk."""
+    """One large stored message, read chunk by chunk in worker steps."""
 
     def __init__(self, drop: Maildrop, index: int) -> None:
         self.drop = drop
         self.index = index
         self.stream: BinaryIO | None = None
-        # Limitation: a small message whose file is not in the page cache
-        # holds the event loop for one disk read. Reading ahead in a worker
-        # while the previous message is sent would lift it.
-        self.small = drop.listing.sizes[index] <= SMALL_MESSAGE
 
     def next_chunk(self) -> tuple[bytes, bool]:
         """The next chunk, and whether it is the last; opens the file first."""
-        if self.small:
-            return self.drop.read_whole(self.index), True
         if self.stream is None:
             self.stream = self.drop.read(self.index)
         chunk = self.stream.read(MESSAGE_CHUNK)
