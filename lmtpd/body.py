@@ -32,8 +32,13 @@ def normalise_line_ends(data: bytes) -> bytes:
 
     Counting is cheaper than rewriting, and almost every body is clean.
     """
-    crlf = data.count(b"\r\n")
-    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+    # Single octets are counted by what removing them takes off (a memchr
+    # pass, several times faster than bytes.count); CRLF pairs only if needed.
+    carriage_returns = len(data) - len(data.replace(b"\r", b""))
+    line_feeds = len(data) - len(data.replace(b"\n", b""))
+    if carriage_returns == line_feeds and (
+        carriage_returns == 0 or data.count(b"\r\n") == carriage_returns
+    ):
         return data
     return _LINE_END.sub(b"\r\n", data)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from lmtpd.body import BodyDefect
@@ -66,9 +66,14 @@ class BodyStart:
 
 @dataclass(frozen=True)
 class BodyChunk:
-    """Decoded message octets in order; a chunk never ends between CR and LF."""
+    """Decoded message octets in order; a chunk never ends between CR and LF.
+
+    `crlf` is True when every line end in `data` is CRLF and it holds no other
+    CR (DATA, whose line ends are normalised); BDAT octets are verbatim.
+    """
 
     data: bytes
+    crlf: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ class LMTPConnection(Dialogue):
         txn = self._transaction()
         content, used = self._data.decode(self._buffer, txn.keeping)
         del self._buffer[:used]
-        self._pass_on(txn, content)
+        self._pass_on(txn, content, crlf=True)
         if self._data.finished:
             self._end_body(txn)
         elif not used:
@@ -234,12 +234,12 @@ class LMTPConnection(Dialogue):
         elif not used:
             self._wait_for_data()
 
-    def _pass_on(self, txn: Transaction, content: bytes) -> None:
+    def _pass_on(self, txn: Transaction, content: bytes, crlf: bool = False) -> None:
         """Check decoded octets and hand them out while the body is sound."""
         if content:
             txn.check.feed(content)
             if txn.check.defect is None:
-                self._emit(BodyChunk(content))
+                self._emit(BodyChunk(content, crlf))
 
     def _wait_for_data(self) -> None:
         if self._eof:

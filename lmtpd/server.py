@@ -144,7 +144,7 @@ class Session:
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, BodyChunk):
-            self._stage(event.data)
+            self._stage(event.data, event.crlf)
         elif isinstance(event, MailFrom):
             self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
         elif isinstance(event, RcptTo):
@@ -181,12 +181,12 @@ class Session:
             return
         self.conn.answer_body_start(None)
 
-    def _stage(self, data: bytes) -> None:
+    def _stage(self, data: bytes, crlf: bool) -> None:
         txn = self.txn
         if txn is None or txn.staged is None:
             return
         try:
-            txn.staged.write(data)
+            txn.staged.write(data, crlf_only=crlf)
         except OSError as exc:
             # The rest of the body is read and dropped; at its end every
             # recipient is told, so the client stays in step (RFC 2033 4.2).

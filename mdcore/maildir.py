@@ -159,10 +159,23 @@ class StagedMessage:
     ) -> None:
         self.abort()
 
-    def write(self, chunk: bytes) -> None:
-        """Add body octets as they came from the wire; CRLF is stored as LF."""
+    def write(self, chunk: bytes, crlf_only: bool = False) -> None:
+        """Add body octets as they came from the wire; CRLF is stored as LF.
+
+        `crlf_only` promises that every CR in chunk starts a CRLF (the caller
+        normalised the line ends): the rewrite is then one pass that drops
+        the CRs, and the CRLF size is the chunk's own length.
+        """
         if self._fd is None or self.committed:
             raise ValueError("write() on a committed or aborted StagedMessage")
+        if crlf_only and not self._pending_cr and not chunk.endswith(b"\r"):
+            stored = chunk.replace(b"\r", b"")
+            self.size += len(stored)
+            self.vsize += len(chunk)
+            self._buffer += stored
+            if len(self._buffer) >= _BUFFER_BYTES:
+                self._flush()
+            return
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False

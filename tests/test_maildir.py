@@ -554,3 +554,27 @@ def test_reader_lists_in_order_and_follows_flag_changes(tmp_path: Path) -> None:
         assert stream.read() == b"b\nbb\n"
     with pytest.raises(ValueError):
         open_message(maildir, "../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"Subject: a\r\n\r\nbody\r\n"],
+        [b"a\r\n", b"b\r\n\r\n", b"", b"c"],
+        [b"x" * 70000 + b"\r\n", b"\r\n" * 40000],
+    ],
+)
+def test_crlf_only_writes_store_what_plain_writes_store(
+    spool: Path, chunks: list[bytes]
+) -> None:
+    """The one-pass rewrite of normalised chunks: same octets, S= and W= sizes."""
+    plain, fast = StagedMessage(spool, PREFIX), StagedMessage(spool, PREFIX)
+    for chunk in chunks:
+        plain.write(chunk)
+        fast.write(chunk, crlf_only=True)
+    plain.commit()
+    fast.commit()
+    assert fast.path.read_bytes() == plain.path.read_bytes()
+    assert (fast.size, fast.vsize) == (plain.size, plain.vsize)
+    plain.abort()
+    fast.abort()
