@@ -30,15 +30,12 @@ class BodyDefect(Enum):
 def normalise_line_ends(data: bytes) -> bytes:
     """Turn bare CR and bare LF into CRLF (RFC 5321 section 2.3.8).
 
-    Counting is cheaper than rewriting, and almost every body is clean.
+    Checking is cheaper than rewriting, and almost every body is clean. The
+    text is clean exactly when putting a CR back before every LF of the text
+    without its CRs gives the text again: two single-octet replaces (memchr
+    passes) and a compare, where counting CRLF pairs takes several times longer.
     """
-    # Single octets are counted by what removing them takes off (a memchr
-    # pass, several times faster than bytes.count); CRLF pairs only if needed.
-    carriage_returns = len(data) - len(data.replace(b"\r", b""))
-    line_feeds = len(data) - len(data.replace(b"\n", b""))
-    if carriage_returns == line_feeds and (
-        carriage_returns == 0 or data.count(b"\r\n") == carriage_returns
-    ):
+    if data.replace(b"\r", b"").replace(b"\n", b"\r\n") == data:
         return data
     return _LINE_END.sub(b"\r\n", data)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterable
 
 import pytest
@@ -254,3 +255,12 @@ def test_fifty_megabytes_in_bounded_memory() -> None:
     assert largest_buffer <= receive_size
     assert largest_chunk <= receive_size
     assert conn.data_to_send().endswith(b"250 2.0.0 <r@x> Saved\r\n")
+
+
+def test_normalise_line_ends_agrees_with_a_plain_rewrite() -> None:
+    """Short texts of CR, LF, dot and a letter: the same as rewriting every line end."""
+    every_line_end = re.compile(rb"\r\n|\r|\n")
+    rng = random.Random(5)
+    for _ in range(5000):
+        text = bytes(rng.choice(b"a\r\n.") for _ in range(rng.randint(0, 12)))
+        assert normalise_line_ends(text) == every_line_end.sub(b"\r\n", text), text
