@@ -82,6 +82,10 @@ def run_workers(config: ServerConfig, count: int) -> int:
     )
     exporter = None
     if counts:
+        # Limitation: the endpoint's thread runs in the parent while it forks
+        # (a worker replaced later is forked with it running); the thread holds
+        # no lock a worker takes, but a fork-safe design would serve the page
+        # from a process of its own.
         exporter = start_exporter(
             lmtp.metrics_listen,
             metrics.summed_registry(counts),
