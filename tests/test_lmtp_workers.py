@@ -3,12 +3,14 @@
 import os
 import signal
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.lmtp_process import LmtpProcess
+from tests.lmtp_process import LmtpProcess, free_port
 from tests.lmtp_wire import (
     GREETING,
     SENDER,
@@ -200,3 +202,30 @@ def test_sighup_reaches_every_worker(workers_server: LmtpProcess) -> None:
     for _ in range(ROUNDS):
         deliver(workers_server, "new@abc.example")
     assert len(workers_server.messages("new@abc.example")) == ROUNDS
+
+
+def test_metrics_are_summed_over_the_workers(tmp_path: Path) -> None:
+    """One /metrics page, served by the parent, counts what every worker did."""
+    port = free_port()
+    server = LmtpProcess(
+        tmp_path / "lmtpd", workers=WORKERS, metrics_listen=f"127.0.0.1:{port}"
+    )
+    server.add_account("foo@abc.example")
+    try:
+        server.start()
+        for _ in range(ROUNDS):
+            deliver(server, "foo@abc.example")
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        server.stop()
+        server.close_notify()
+    delivered = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mdmail_lmtp_recipients_total"
+        and sample.labels == {"domain": "abc.example", "outcome": "delivered"}
+    ]
+    assert delivered == [ROUNDS]
