@@ -98,6 +98,9 @@ def parse_args() -> argparse.Namespace:
         default="always",
         help="when Postfix keeps LMTP sessions for the next delivery",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="our lmtp.workers (0: one per CPU)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write figures")
     parser.add_argument("--workdir", type=Path, help="parent of the scratch folder")
@@ -152,7 +155,9 @@ class Bench:
             for name in ("ours", "dovecot")
         }
         self.peers: list[Peer] = [
-            OursPeer(scratch / "ours", self.mailboxes["ours"], args.mdmail),
+            OursPeer(
+                scratch / "ours", self.mailboxes["ours"], args.mdmail, args.workers
+            ),
             DovecotPeer(scratch / "dovecot", self.mailboxes["dovecot"], args.dovecot),
         ]
         self.postfix = self._make_postfix()

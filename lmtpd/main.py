@@ -18,6 +18,7 @@ from mdcore.config import ServerConfig, load_config
 from mdcore.errors import MdmailError
 from mdcore.exporter import start_exporter
 from mdcore.listeners import SocketOwner, close_listeners, open_listeners
+from mdcore.maildir import share_dedupe_markers
 from mdcore.systemd import notify
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ def run_workers(config: ServerConfig, count: int) -> int:
     )
 
     def worker(ready: Callable[[], None]) -> int:
+        # A retry may reach any worker: their dedupe indexes meet on disk.
+        share_dedupe_markers()
         if exporter is not None:
             # The parent's endpoint: this process has no business holding it.
             exporter.httpd.socket.close()

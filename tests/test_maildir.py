@@ -338,7 +338,7 @@ def test_another_process_delivery_is_found_through_its_marker(
 ) -> None:
     """Index A read the Maildir before B delivered: B's marker still tells A."""
     maildir = mailbox(tmp_path, "alice")
-    process_a, process_b = DedupeIndex(), DedupeIndex()
+    process_a, process_b = DedupeIndex(markers=True), DedupeIndex(markers=True)
     with stage(spool) as staged:
         deliver(staged, [target(maildir, "Q0")], process_a)
         [original] = deliver(staged, [target(maildir, "Q1")], process_b)
@@ -358,11 +358,11 @@ def test_a_marker_whose_message_is_gone_is_not_a_copy(
     """The message a marker names was never made durable, or is deleted: deliver."""
     maildir = mailbox(tmp_path, "alice")
     with stage(spool) as staged:
-        [original] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+        [original] = deliver(staged, [target(maildir, "Q1")], DedupeIndex(markers=True))
     (maildir / "new" / str(original.name)).unlink()
 
     with stage(spool) as staged:
-        [retry] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+        [retry] = deliver(staged, [target(maildir, "Q1")], DedupeIndex(markers=True))
     assert retry.outcome is DELIVERED
     marker = maildir / MARKER_DIR / dedupe_tag("Q1", "alice@example.org")
     assert os.readlink(marker) == retry.name
@@ -578,3 +578,13 @@ def test_crlf_only_writes_store_what_plain_writes_store(
     assert (fast.size, fast.vsize) == (plain.size, plain.vsize)
     plain.abort()
     fast.abort()
+
+
+def test_a_single_process_leaves_no_markers(tmp_path: Path, spool: Path) -> None:
+    """Without markers (one server process), a keyed delivery makes no inode more."""
+    maildir = mailbox(tmp_path, "alice")
+    with stage(spool) as staged:
+        [first] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+        [again] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+    assert (first.outcome, again.outcome) == (DELIVERED, DUPLICATE)
+    assert not (maildir / MARKER_DIR).exists()
