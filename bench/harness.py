@@ -92,3 +92,22 @@ def run_benchmark(
     if json_file is not None:
         json_file.write_text(json.dumps(bench.report.data(command_line()), indent=2))
     return status
+
+
+class LogTail:
+    """The whole lines a growing log file got since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> bytes:
+        """New whole lines; a line still being written is read next time."""
+        if not self.path.exists():
+            return b""
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            chunk = log.read()
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        return whole

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import command_line, progress
+from harness import LogTail, command_line, progress
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -98,20 +98,12 @@ class SentCounter:
     """Counts Postfix's status=sent lines, reading only what was added since."""
 
     def __init__(self, maillog: Path) -> None:
-        self.maillog = maillog
-        self.offset = 0
+        self.tail = LogTail(maillog)
         self.sent = 0
 
     def count(self) -> int:
         """Deliveries logged so far."""
-        if self.maillog.exists():
-            with self.maillog.open("rb") as log:
-                log.seek(self.offset)
-                chunk = log.read()
-            # Only whole lines: a line still being written is read next time.
-            whole = chunk[: chunk.rfind(b"\n") + 1]
-            self.offset += len(whole)
-            self.sent += whole.count(b" status=sent ")
+        self.sent += self.tail.read().count(b" status=sent ")
         return self.sent
 
 

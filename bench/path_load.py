@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import LogTail
 from lmtp_load import (
     Cell,
     Client,
@@ -72,23 +73,15 @@ class MaillogTally:
     """Postfix's delivery outcomes (status=sent, deferred, ...) as its log grows."""
 
     def __init__(self, maillog: Path) -> None:
-        self.maillog = maillog
-        self.offset = 0
+        self.tail = LogTail(maillog)
         self.outcomes: Counter[str] = Counter()
 
     def read(self) -> Counter[str]:
         """Outcomes and trouble logged so far; "reused" is sent over a cached link."""
-        if self.maillog.exists():
-            with self.maillog.open("rb") as log:
-                log.seek(self.offset)
-                chunk = log.read()
-            # Only whole lines: one still being written is read next time.
-            whole = chunk[: chunk.rfind(b"\n") + 1]
-            self.offset += len(whole)
-            found = (match[1].decode() for match in STATUS.finditer(whole))
-            self.outcomes.update(found)
-            self.outcomes["reused"] += len(REUSED.findall(whole))
-            self.outcomes.update(match[1].decode() for match in TROUBLE.finditer(whole))
+        whole = self.tail.read()
+        self.outcomes.update(match[1].decode() for match in STATUS.finditer(whole))
+        self.outcomes["reused"] += len(REUSED.findall(whole))
+        self.outcomes.update(match[1].decode() for match in TROUBLE.finditer(whole))
         return Counter(self.outcomes)
 
 

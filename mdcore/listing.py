@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdcore.mailbox_reader import base_name, file_sizes
+from mdcore.mailbox_reader import arrival_key, base_name, file_sizes
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,8 @@ _MAGIC = "mdmail-listing 1"
 # "<sec>.M<usec>...,S=<size>,W=<crlf size>", our names and Dovecot's: all
 # fields in one match. Any other name takes the general path.
 _USUAL_NAME = re.compile(r"(\d+)\.M(\d+)[^,]*,S=(\d+),W=(\d+)")
-_DELIVERY_TIME = re.compile(r"(\d+)(?:\.M(\d+))?")
 # RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
-_UIDL_TEXT = re.compile(r"[\x21-\x7e]{1,70}\Z")
+UIDL_TEXT = re.compile(r"[\x21-\x7e]{1,70}\Z")
 
 Stamps = tuple[int, ...]
 _Key = tuple[int, int, str]
@@ -64,7 +63,7 @@ def uidl_for(base: str, uidl_map: dict[str, str]) -> str:
     mapped = uidl_map.get(base)
     if mapped is not None:
         return mapped
-    if _UIDL_TEXT.match(base):
+    if UIDL_TEXT.match(base):
         return base
     # A base name too long or with odd characters: a digest of it is as stable.
     return hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:40]
@@ -117,12 +116,12 @@ def _merge(
         uidls = [previous.uidls[i] for i in kept]
     else:
         uidls = [uidl_for(_base(location), uidl_map) for location in locations]
-    if fresh and locations and fresh[0][0] < _key(_name(locations[-1])):
+    if fresh and locations and fresh[0][0] < arrival_key(_name(locations[-1])):
         # A new name older than the newest kept one (a message moved to cur/
         # and renamed, say): the whole listing is put in order again.
         rows = sorted(
             [
-                (_key(_name(loc)), loc, size, vsize, uidl)
+                (arrival_key(_name(loc)), loc, size, vsize, uidl)
                 for loc, size, vsize, uidl in zip(
                     locations, sizes, vsizes, uidls, strict=True
                 )
@@ -157,15 +156,7 @@ def _parse(directory: Path, name: str) -> tuple[_Key, int, int] | None:
     sizes = file_sizes(str(directory), name)
     if sizes is None:
         return None
-    return _key(name), sizes[0], sizes[1]
-
-
-def _key(name: str) -> _Key:
-    """Sort key: delivery time from the name, then the name to break ties."""
-    match = _DELIVERY_TIME.match(name)
-    if match is None:
-        return (0, 0, name)
-    return (int(match[1]), int(match[2] or 0), name)
+    return arrival_key(name), sizes[0], sizes[1]
 
 
 def _name(location: str) -> str:

@@ -128,11 +128,16 @@ def _count_line_ends(path: Path) -> int:
 
 
 def _arrival_order(info: MessageInfo) -> tuple[int, int, str]:
+    """Sort key of a record: arrival_key of its name."""
+    return arrival_key(info.name)
+
+
+def arrival_key(name: str) -> tuple[int, int, str]:
     """Sort key: delivery time from the name, then the name to break ties."""
-    match = _DELIVERY_TIME.match(info.name)
+    match = _DELIVERY_TIME.match(name)
     if match is None:
-        return (0, 0, info.name)
-    return (int(match[1]), int(match[2] or 0), info.name)
+        return (0, 0, name)
+    return (int(match[1]), int(match[2] or 0), name)
 
 
 def _find_by_base_name(directory: Path, wanted: str) -> Path:

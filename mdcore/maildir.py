@@ -170,12 +170,7 @@ class StagedMessage:
         if self._fd is None or self.committed:
             raise ValueError("write() on a committed or aborted StagedMessage")
         if crlf_only and not self._pending_cr and not chunk.endswith(b"\r"):
-            stored = chunk.replace(b"\r", b"")
-            self.size += len(stored)
-            self.vsize += len(chunk)
-            self._buffer += stored
-            if len(self._buffer) >= _BUFFER_BYTES:
-                self._flush()
+            self._store(chunk.replace(b"\r", b""), vsize=len(chunk))
             return
         if self._pending_cr:
             chunk = b"\r" + chunk
@@ -207,10 +202,13 @@ class StagedMessage:
         self._buffer.clear()
         self.path.unlink(missing_ok=True)
 
-    def _store(self, data: bytes) -> None:
-        """Buffer stored octets and count them, and once more for each LF."""
+    def _store(self, data: bytes, vsize: int | None = None) -> None:
+        """Buffer stored octets and count them, and once more for each LF.
+
+        `vsize`, when the caller knows it, is their size with CRLF line ends.
+        """
         self.size += len(data)
-        self.vsize += len(data) + data.count(b"\n")
+        self.vsize += len(data) + data.count(b"\n") if vsize is None else vsize
         self._buffer += data
         if len(self._buffer) >= _BUFFER_BYTES:
             self._flush()

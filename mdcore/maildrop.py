@@ -10,7 +10,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -20,7 +19,13 @@ from pathlib import Path
 from typing import BinaryIO, overload
 
 from mdcore.errors import MdmailError
-from mdcore.listing import Listing, load_listing, save_listing, scan_maildir
+from mdcore.listing import (
+    UIDL_TEXT,
+    Listing,
+    load_listing,
+    save_listing,
+    scan_maildir,
+)
 from mdcore.mailbox_reader import MessageInfo, base_name, open_message
 from mdcore.quota import record_removal
 
@@ -28,9 +33,6 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "mdmail-pop3.lock"
 UIDL_MAP_FILE = "mdmail-uidl"
-
-# RFC 1939 section 7: a unique-id is 1 to 70 characters from 0x21 to 0x7E.
-_UIDL_TEXT = re.compile(r"[\x21-\x7e]{1,70}\Z")
 
 
 class MaildropInUseError(MdmailError):
@@ -274,7 +276,7 @@ def read_uidl_map(maildir: Path) -> dict[str, str]:
     table = {}
     for line in text.splitlines():
         name, _, uidl = line.partition(" ")
-        if name and _UIDL_TEXT.match(uidl):
+        if name and UIDL_TEXT.match(uidl):
             table[name] = uidl
     return table
 

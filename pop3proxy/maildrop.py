@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,11 +50,6 @@ class Maildrop:
     def of(cls, messages: Sequence[tuple[int, str]]) -> Maildrop:
         """Build a maildrop from (size, uid) pairs."""
         return cls([size for size, _ in messages], [uid for _, uid in messages])
-
-    @property
-    def messages(self) -> tuple[MessageInfo, ...]:
-        """The messages as records, in order."""
-        return tuple(map(MessageInfo, self.sizes, self.uids))
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -157,14 +152,6 @@ class DropView:
         """Undo every mark (RSET)."""
         self._marked.clear()
         self._live_octets = self._total_octets
-
-    def listing(self) -> Iterator[tuple[int, MessageInfo]]:
-        """The messages not marked deleted, with their numbers, in order."""
-        marked = self._marked
-        columns = zip(self._sizes, self._uids, strict=True)
-        for number, (size, uid) in enumerate(columns, start=1):
-            if number not in marked:
-                yield number, MessageInfo(size, uid)
 
     def numbered(self, field: str) -> list[str]:
         """ "<number> <size>" or "<number> <uid>" for each message not marked.

@@ -6,6 +6,7 @@ import pytest
 
 from mdcore.admin import Admin
 from mdcore.layout import StateRoot
+from mdcore.maildir import MailboxTarget, StagedMessage, deliver
 from mdcore.namespace import Registry
 
 # A BLF-CRYPT hash of "secret" at the lowest cost: tests that create many accounts
@@ -33,3 +34,14 @@ def registry(root: StateRoot) -> Registry:
 
 pytest_plugins = ["tests.lmtp_process"]
 pytest_plugins.append("tests.mta")
+
+
+def deliver_message(maildir: Path, address: str, message: bytes) -> None:
+    """Put one message into a Maildir the way lmtpd does: staged, then linked."""
+    staged = StagedMessage(maildir / "tmp")
+    try:
+        staged.write(message)
+        staged.commit()
+        deliver(staged, [MailboxTarget(maildir, address, None)])
+    finally:
+        staged.abort()

@@ -85,6 +85,15 @@ def wait_until(
     return result
 
 
+def refused(port: int) -> bool:
+    """True if nothing accepts connections on the TCP port any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 class Wire:
     """One raw connection to the server; every read is bounded by a deadline."""
 

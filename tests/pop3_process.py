@@ -20,8 +20,8 @@ import yaml
 
 from mdcore.admin import Admin
 from mdcore.layout import StateRoot
-from mdcore.maildir import MailboxTarget, StagedMessage, deliver
 from mdcore.passwords import hash_password
+from tests.conftest import deliver_message
 from tests.processes import stop_process
 
 DEADLINE = 20.0
@@ -107,14 +107,7 @@ class Pop3Process:
 
     def put(self, address: str, message: bytes) -> None:
         """Deliver one message the way the LMTP server does (stored with LF)."""
-        maildir = self.maildir(address)
-        staged = StagedMessage(maildir / "tmp")
-        try:
-            staged.write(message)
-            staged.commit()
-            deliver(staged, [MailboxTarget(maildir, address, None)])
-        finally:
-            staged.abort()
+        deliver_message(self.maildir(address), address, message)
 
     def stored(self, address: str) -> list[Path]:
         """The message files of an account (new/ and cur/), sorted by name."""

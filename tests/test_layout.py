@@ -20,16 +20,21 @@ COMMAND = "mdmail"
 OURS = {CORE, COMMAND, *COMPONENTS}
 
 
-def test_pymilter_imports_from_the_repo_root() -> None:
-    """`import Milter` works with the repo root first on sys.path, as pytest runs."""
-    code = "import Milter, milter; print(milter.__file__); print(Milter.CONTINUE)"
-    done = subprocess.run(
+def run_python(code: str) -> "subprocess.CompletedProcess[str]":
+    """Run code in a fresh interpreter from the repo root; its result, not raised."""
+    return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_pymilter_imports_from_the_repo_root() -> None:
+    """`import Milter` works with the repo root first on sys.path, as pytest runs."""
+    code = "import Milter, milter; print(milter.__file__); print(Milter.CONTINUE)"
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     module_file = done.stdout.splitlines()[0]
     assert module_file.endswith(".so"), module_file
@@ -102,12 +107,6 @@ def test_the_command_loads_without_the_optional_extras() -> None:
         "sys.argv = ['mdmail', 'serve', 'web', '--help']\n"
         "mdmail.cli.main()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert "--listen" in done.stdout

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import stat
 import time
 
@@ -21,6 +20,7 @@ from tests.lmtp_wire import (
     envelope,
     lhlo_reply,
     rcpt_ok,
+    refused,
     saved,
     wait_until,
 )
@@ -156,15 +156,6 @@ def test_sigterm_lets_a_message_in_flight_finish(lmtp_server: LmtpProcess) -> No
         b"Return-Path: <sender@outside.example>\n"
         b"Subject: in flight\n\nfirst half\nsecond half\n"
     )
-
-
-def refused(port: int) -> bool:
-    """True if nothing accepts connections on the TCP port any more."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_sighup_sees_an_account_added_by_hand(lmtp_server: LmtpProcess) -> None:

@@ -17,6 +17,7 @@ from tests.lmtp_wire import (
     Wire,
     envelope,
     lhlo_reply,
+    refused,
     saved,
     send_message,
     wait_until,
@@ -119,15 +120,6 @@ def test_sigterm_stops_every_worker(workers_server: LmtpProcess) -> None:
     assert not any(alive(pid) for pid in workers)
     assert not workers_server.socket_path.exists()
     assert len(workers_server.messages("foo@abc.example")) == 1
-
-
-def refused(port: int) -> bool:
-    """True if nothing accepts connections on the TCP port any more."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_a_dead_worker_is_replaced(workers_server: LmtpProcess) -> None:

@@ -10,7 +10,7 @@ import pytest
 from mdcore import maildrop as maildrop_module
 from mdcore.listing import LISTING_FILE
 from mdcore.mailbox_reader import list_messages
-from mdcore.maildir import MailboxTarget, StagedMessage, deliver, ensure_maildir
+from mdcore.maildir import ensure_maildir
 from mdcore.maildrop import (
     UIDL_MAP_FILE,
     DropMessage,
@@ -20,15 +20,12 @@ from mdcore.maildrop import (
     read_uidl_map,
     uidls_from_dovecot,
 )
+from tests.conftest import deliver_message
 
 
 def put(maildir: Path, body: bytes) -> None:
     """Deliver one message the way the LMTP server does."""
-    staged = StagedMessage(maildir / "tmp")
-    staged.write(body)
-    staged.commit()
-    deliver(staged, [MailboxTarget(maildir, "foo@abc.example", None)])
-    staged.abort()
+    deliver_message(maildir, "foo@abc.example", body)
 
 
 @pytest.fixture

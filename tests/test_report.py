@@ -21,7 +21,6 @@ from mdcore.admin import Admin
 from mdcore.config import LogConfig, ServerConfig
 from mdcore.layout import StateRoot
 from mdcore.logs import LINE_FORMAT, TIME_FORMAT, DomainLogHandler
-from mdcore.maildir import MailboxTarget, StagedMessage, deliver
 from mdcore.reports import (
     Stage,
     build_report,
@@ -44,7 +43,7 @@ from mdcore.reports.events import (
 from mdmail.commands.serve import log_root
 from mdweb.report import domain_report
 from mdweb.selfservice import SelfService
-from tests.conftest import SECRET_HASH
+from tests.conftest import SECRET_HASH, deliver_message
 
 ABC, XYZ = "abc.example", "xyz.example"
 START = datetime(2026, 12, 3, tzinfo=UTC)
@@ -144,6 +143,8 @@ POSTFIX_LINES = [
     "Dec  3 10:15:01 mx postfix/qmgr[12]: 4AbC1D2E40: removed",
 ]
 
+DATA = Path(__file__).parent / "data"
+
 
 def write_log(admin: Admin, domain: str, lines: list[str]) -> Path:
     """Write the lines as the domain's own log; its path."""
@@ -155,14 +156,7 @@ def write_log(admin: Admin, domain: str, lines: list[str]) -> Path:
 def store(admin: Admin, address: str, message: bytes) -> None:
     """Put one message into an account's Maildir, as lmtpd does."""
     local, _, domain = address.partition("@")
-    maildir = admin.tree(domain).maildir(local)
-    staged = StagedMessage(maildir / "tmp")
-    try:
-        staged.write(message)
-        staged.commit()
-        deliver(staged, [MailboxTarget(maildir, address, None)])
-    finally:
-        staged.abort()
+    deliver_message(admin.tree(domain).maildir(local), address, message)
 
 
 @pytest.fixture
@@ -455,32 +449,8 @@ def test_rotated_logs_are_read_oldest_first(logged: Admin, root: StateRoot) -> N
 # Output
 
 
-ABC_TEXT = """\
-Mail report for abc.example
-Period: 2026-12-03 00:00 to 2026-12-04 00:00 (UTC)
-
-Delivered: 5 messages, 10.3 KiB
-Refused:   3 messages, 8.8 KiB
-Deferred:  1
-POP3:      2 logins, 2 failed, 2 retrieved (3.0 KiB), 1 deleted
-Latency:   p50 30 ms, p90 400 ms, p99 400 ms over 5 deliveries
-
-Refused or deferred, by reason:
-       2  5.1.1 User unknown
-       1  5.2.2 Mailbox full
-       1  4.2.2 Mailbox full
-
-Per account:
-  account                           deliv      bytes  refus  login  fail  retr      bytes   del
-  <svg>@abc.example                     0        0 B      0      0     1     0        0 B     0
-  bar@abc.example                       1      500 B      1      1     0     0        0 B     0
-  foo@abc.example                       4    9.8 KiB      0      1     1     2    3.0 KiB     1
-  nobody@abc.example                    0        0 B      2      0     0     0        0 B     0
-
-Quota use:
-  bar@abc.example                         0 B of unlimited, 0 messages
-  foo@abc.example                     2.0 KiB of 10.0 KiB (20%), 1 messages
-"""  # noqa: E501
+# Verbatim, in a file: its lines are as wide as the report makes them.
+ABC_TEXT = (DATA / "report_abc.txt").read_text()
 
 
 def test_text_output(logged: Admin, root: StateRoot) -> None:
@@ -663,17 +633,8 @@ def test_trace_follows_postfix_then_ours(logged: Admin, tmp_path: Path) -> None:
     assert steps[-1].text.startswith("to=<sales@abc.example>, ")
 
 
-TRACE_TEXT = """\
-4AbC1D2E40: SMTP -> queue -> LMTP -> milter -> mailbox
-  SMTP     Dec  3 10:15:00  postfix/smtpd: client=client.test[192.0.2.50]
-  queue    Dec  3 10:15:00  postfix/cleanup: message-id=<1@client.test>
-  queue    Dec  3 10:15:00  postfix/qmgr: from=<sender@sender.example>, size=2900, nrcpt=2 (queue active)
-  LMTP     Dec  3 10:15:01  postfix/lmtp: to=<foo@abc.example>, relay=127.0.0.1[127.0.0.1]:2400, delay=1.1, delays=1/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 <foo@abc.example> Saved)
-  queue    Dec  3 10:15:01  postfix/qmgr: removed
-  milter   2026-12-03T10:15:00+00:00  mdmilter: milter to=<foo@abc.example>, domain=abc.example, rule=account, status=accepted
-  mailbox  2026-12-03T10:15:01+00:00  lmtpd: to=<foo@abc.example>, domain=abc.example, user=foo, size=3000, delay=0.030, dsn=2.0.0, status=sent (Saved)
-  mailbox  2026-12-03T10:15:01+00:00  lmtpd: to=<sales@abc.example>, domain=abc.example, user=sales, status=partial (outside targets partner@outside.example are left to the MTA's alias map)
-"""  # noqa: E501
+# Verbatim, in a file: its lines are as wide as the report makes them.
+TRACE_TEXT = (DATA / "trace_4AbC1D2E40.txt").read_text()
 
 
 def test_trace_command(logged: Admin, root: StateRoot, tmp_path: Path) -> None:
