@@ -99,7 +99,7 @@ def parse_args() -> argparse.Namespace:
         help="when Postfix keeps LMTP sessions for the next delivery",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="our lmtp.workers (0: one per CPU)"
+        "--workers", type=int, default=0, help="our lmtp.workers (0: one per CPU)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write figures")

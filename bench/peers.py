@@ -255,9 +255,9 @@ class OursPeer:
     name = "ours"
 
     def __init__(
-        self, base: Path, mailboxes: Sequence[Mailbox], mdmail: str, workers: int = 1
+        self, base: Path, mailboxes: Sequence[Mailbox], mdmail: str, workers: int = 0
     ) -> None:
-        """workers is lmtp.workers: 1 is the default, 0 one per CPU."""
+        """workers is lmtp.workers: 0 (the default) is one per CPU."""
         self.base = base
         self.mailboxes = list(mailboxes)
         self.mdmail = mdmail

@@ -18,7 +18,7 @@ from mdcore.config import ServerConfig, load_config
 from mdcore.errors import MdmailError
 from mdcore.exporter import start_exporter
 from mdcore.listeners import SocketOwner, close_listeners, open_listeners
-from mdcore.maildir import share_dedupe_markers
+from mdcore.maildir import share_dedupe_tags
 from mdcore.systemd import notify
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,11 @@ def run_workers(config: ServerConfig, count: int) -> int:
         config, lmtp=replace(lmtp, metrics_listen="", max_sessions=share)
     )
 
+    # A retry may reach any worker: they see one another's recent keyed
+    # deliveries in a table mapped here, before the first fork.
+    share_dedupe_tags()
+
     def worker(ready: Callable[[], None]) -> int:
-        # A retry may reach any worker: their dedupe indexes meet on disk.
-        share_dedupe_markers()
         if exporter is not None:
             # The parent's endpoint: this process has no business holding it.
             exporter.httpd.socket.close()

@@ -101,9 +101,8 @@ class LmtpConfig:
     max_sessions: int = schema.checked(_positive, default=100)
     idle_timeout: int = schema.checked(_positive, default=300)
     tmp_max_age: int = schema.checked(_positive, default=36 * 3600)
-    # Server processes on the same listeners; 0 is one per CPU. One by default:
-    # several need dedupe markers on disk, which cost a symlink per recipient.
-    workers: int = schema.checked(_not_negative, default=1)
+    # Server processes on the same listeners; 0 (the default) is one per CPU.
+    workers: int = schema.checked(_not_negative, default=0)
     metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 

@@ -12,13 +12,11 @@ File names are "<sec>.M<usec>P<pid>Q<seq>[D<tag>].<host>,S=<size>,W=<vsize>":
 S= is the size as stored (LF line ends), W= the size with CRLF line ends, as
 Dovecot writes them, so readers know both without opening the file. D<tag>
 marks a delivery made with a dedupe key, so that a retry can be recognised.
-Where several server processes deliver side by side, each such delivery also
-leaves a marker in the Maildir's mdmail-dedupe/ folder, a symbolic link named for
-the tag that points at the message's name, so that another process, whose own
-view of the Maildir is older, finds it too.
+Where forked workers deliver side by side, each such delivery is also noted
+in a table in memory they share (mdcore.sharedtags), so that a worker whose
+own view of the Maildir is older reads it again before storing a copy.
 """
 
-import contextlib
 import enum
 import errno
 import functools
@@ -30,7 +28,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from types import TracebackType
 
 from mdcore import quota
 from mdcore.quota import QuotaLimits
+from mdcore.sharedtags import DEFAULT_SLOTS, SharedTags
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,6 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Directory fsyncs in flight at once across all deliveries of a process.
 _DIR_SYNC_THREADS = 32
 _TAGGED_NAME = re.compile(r"(\d+)\.M\d+P\d+Q\d+D([0-9a-f]{12})\.")
-# No leading dot: to Dovecot's Maildir++ layout a dot folder is a mail folder.
-MARKER_DIR = "mdmail-dedupe"
 
 _sequence = itertools.count(1)
 _sequence_lock = threading.Lock()
@@ -228,33 +225,40 @@ class MaildirTags:
         maildir: Path,
         window: float,
         clock: Callable[[], float],
-        markers: bool = False,
+        shared: SharedTags | None = None,
     ):
         self.lock = threading.Lock()
         self._maildir = maildir
+        self._key = os.fspath(maildir)
         self._window = window
         self._clock = clock
-        self._markers_on = markers
+        self._shared = shared
         self._tags: dict[str, tuple[str, int]] | None = None
         self._next_prune = 0.0
 
     def find(self, tag: str) -> str | None:
         """Return the name of the recent message that carries tag, if any."""
+        cutoff = self._clock() - self._window
         entry = self._loaded().get(tag)
-        if entry is None and self._markers_on:
-            # Not seen by this process: another one may have delivered it
-            # since this one read the Maildir, and left its marker.
-            entry = self._marked(tag)
-        if entry is None or entry[1] < self._clock() - self._window:
+        if (
+            entry is None
+            and self._shared is not None
+            and self._shared.seen(self._key, tag, cutoff)
+        ):
+            # Another worker delivered it since this one read the Maildir:
+            # read it again. A message read and deleted since is not a copy.
+            self._tags = self._scan()
+            entry = self._tags.get(tag)
+        if entry is None or entry[1] < cutoff:
             return None
         return entry[0]
 
     def add(self, tag: str, name: str) -> None:
-        """Remember that the message called name carries tag, here and on disk."""
+        """Remember that the message called name carries tag, here and for siblings."""
         tags = self._loaded()
         tags[tag] = (name, int(name.split(".", 1)[0]))
-        if self._markers_on:
-            self._mark(tag, name)
+        if self._shared is not None:
+            self._shared.add(self._key, tag)
         now = self._clock()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY_SECONDS
@@ -263,69 +267,12 @@ class MaildirTags:
                 for key, entry in tags.items()
                 if entry[1] >= now - self._window
             }
-            if self._markers_on:
-                self._prune_markers(now - self._window)
 
     def discard(self, tag: str) -> None:
         """Forget a tag whose message was removed again."""
+        # A sibling that still finds it in the shared table reads the
+        # Maildir, does not find the message, and delivers.
         self._loaded().pop(tag, None)
-        if self._markers_on:
-            with _quiet_os_error("remove", self._markers / tag):
-                (self._markers / tag).unlink(missing_ok=True)
-
-    @property
-    def _markers(self) -> Path:
-        return self._maildir / MARKER_DIR
-
-    def _marked(self, tag: str) -> tuple[str, int] | None:
-        """Read tag's marker; the message it names, if that is still there."""
-        try:
-            name = os.readlink(self._markers / tag)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        match = _TAGGED_NAME.match(name)
-        if match is None or match[2] != tag or not self._present(name):
-            # A marker whose message never became durable (a crash between
-            # link and fsync), or was read and deleted since: not a copy.
-            return None
-        return name, int(match[1])
-
-    def _present(self, name: str) -> bool:
-        """Tell whether the message called name is in new/ or cur/."""
-        if os.path.lexists(self._maildir / "new" / name):
-            return True
-        # In cur/ a reader may have added ":2,<flags>" to the name.
-        try:
-            names = os.listdir(self._maildir / "cur")
-        except FileNotFoundError:
-            return False
-        return any(entry.split(":", 1)[0] == name for entry in names)
-
-    def _mark(self, tag: str, name: str) -> None:
-        """Leave tag's marker; the delivery stands whether or not this works."""
-        marker = self._markers / tag
-        with _quiet_os_error("write", marker):
-            try:
-                os.symlink(name, marker)
-            except FileNotFoundError:
-                owner = os.stat(self._maildir)
-                _make_dir(self._markers, owner.st_uid, owner.st_gid, 0o700)
-                os.symlink(name, marker)
-            except FileExistsError:
-                # Left by a message since removed (a retry found nothing).
-                marker.unlink()
-                os.symlink(name, marker)
-
-    def _prune_markers(self, cutoff: float) -> None:
-        """Remove the markers made before cutoff."""
-        try:
-            entries = list(os.scandir(self._markers))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            with _quiet_os_error("prune", Path(entry.path)):
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
 
     def _loaded(self) -> dict[str, tuple[str, int]]:
         """Return the tags, reading new/ and cur/ once on first use."""
@@ -352,22 +299,20 @@ class MaildirTags:
 class DedupeIndex:
     """Per process, the dedupe tags of each Maildir this process delivers to.
 
-    With `markers`, for a server whose processes deliver side by side, each
-    keyed delivery also leaves its marker and a miss looks for one. It costs
-    a symlink (an inode) per recipient: measured through Postfix, 10-recipient
-    messages went from about 120 to 80 a second, so a single process does
-    without.
+    With `shared`, for a server whose forked workers deliver side by side,
+    each keyed delivery is also recorded in a table all workers see, and a
+    miss there makes a worker read the Maildir again (mdcore.sharedtags).
     """
 
     def __init__(
         self,
         window_seconds: float = DEDUPE_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
-        markers: bool = False,
+        shared: SharedTags | None = None,
     ) -> None:
         self._window = window_seconds
         self._clock = clock
-        self.markers = markers
+        self.shared = shared
         self._lock = threading.Lock()
         self._maildirs: dict[str, MaildirTags] = {}
 
@@ -377,19 +322,20 @@ class DedupeIndex:
         with self._lock:
             tags = self._maildirs.get(key)
             if tags is None:
-                tags = MaildirTags(Path(key), self._window, self._clock, self.markers)
+                tags = MaildirTags(Path(key), self._window, self._clock, self.shared)
                 self._maildirs[key] = tags
             return tags
 
 
-# The index of this process; a pre-forked worker turns its markers on
-# (share_dedupe_markers), so other workers' deliveries reach it through them.
+# The index of this process; a parent about to fork delivery workers gives it
+# a shared table (share_dedupe_tags), which each worker then inherits.
 PROCESS_INDEX = DedupeIndex()
 
 
-def share_dedupe_markers() -> None:
-    """In a process that delivers beside others: leave and read dedupe markers."""
-    PROCESS_INDEX.markers = True
+def share_dedupe_tags(slots: int = DEFAULT_SLOTS) -> None:
+    """Before forking workers that deliver side by side: share their dedupe tags."""
+    if PROCESS_INDEX.shared is None:
+        PROCESS_INDEX.shared = SharedTags(slots)
 
 
 def deliver(
@@ -653,16 +599,6 @@ def _failed(target: MailboxTarget, exc: Exception) -> _Placement:
         return _Placement(target, DeliveryOutcome.NO_SPACE)
     log.error("queue=%s %s status=failed", queue, _who(target), exc_info=exc)
     return _Placement(target, DeliveryOutcome.FAILED)
-
-
-@contextlib.contextmanager
-def _quiet_os_error(action: str, path: Path) -> Iterator[None]:
-    """Log an OSError about a dedupe marker instead of raising it."""
-    try:
-        yield
-    except OSError as exc:
-        # Only a retry that reaches another server process is at stake.
-        log.warning("dedupe marker %s: cannot %s (%s)", path, action, exc)
 
 
 def _who(target: MailboxTarget) -> str:

@@ -58,6 +58,11 @@ class Maildrop:
     def __init__(self, maildir: Path, lock_fd: int, listing: Listing) -> None:
         self.maildir = maildir
         self._lock_fd: int | None = lock_fd
+        # Messages are opened relative to the Maildir: the kernel then walks
+        # two names per RETR, not the whole path of the tree.
+        self._dir_fd: int | None = os.open(
+            maildir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        )
         self.listing = listing
         self.messages = _Messages(maildir, listing)
 
@@ -67,10 +72,10 @@ class Maildrop:
         lock_fd = _lock(maildir)
         try:
             listing = LISTINGS.listing(maildir)
+            return cls(maildir, lock_fd, listing)
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(maildir, lock_fd, listing)
 
     def read(self, index: int) -> BinaryIO:
         """Open message number index (0-based) for reading, as stored (LF ends)."""
@@ -85,10 +90,10 @@ class Maildrop:
         """The whole of message number index, as stored, in one read (small ones)."""
         # Straight from the columns: RETR of many small messages is the hot path.
         location = self.listing.locations[index]
+        if self._dir_fd is None:
+            raise ValueError("the maildrop is closed")
         try:
-            fd = os.open(
-                os.path.join(self.maildir, location), os.O_RDONLY | os.O_CLOEXEC
-            )
+            fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             with open_message(self.maildir, location[4:]) as stream:
                 return stream.read()
@@ -117,6 +122,9 @@ class Maildrop:
 
     def close(self) -> None:
         """Release the lock."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -33,7 +33,7 @@ from pop3proxy.events import (
     StartTLS,
     Update,
 )
-from pop3proxy.maildrop import DropView, MessageInfo, SessionStats
+from pop3proxy.maildrop import DropView, MessageInfo, RetrievalTally, SessionStats
 from pop3proxy.responses import Response, multiline
 
 _TRANSACTION_ONLY = frozenset(
@@ -109,6 +109,7 @@ class Dialogue:
         self._retrieval: RetrieveMessage | None = None
         self._head_sent = False
         self._stats = SessionStats()
+        self._tally = RetrievalTally()
         self._failed_logins = 0
         self._close_reason = CloseReason.DROPPED
         self._buffer = bytearray()
@@ -354,7 +355,8 @@ class Dialogue:
     def _closed_event(self) -> ConnectionClosed:
         """The event ending the connection; next_event() repeats it after."""
         authenticated = self._drop is not None
-        return ConnectionClosed(self._close_reason, authenticated, self._stats)
+        stats = self._tally.into(self._stats)
+        return ConnectionClosed(self._close_reason, authenticated, stats)
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)

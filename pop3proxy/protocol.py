@@ -88,7 +88,7 @@ class POP3Connection(Dialogue):
     @property
     def stats(self) -> SessionStats:
         """Counts and octets so far, for the logout log line."""
-        return self._stats
+        return self._tally.into(self._stats)
 
     @property
     def pending_input(self) -> int:
@@ -174,7 +174,7 @@ class POP3Connection(Dialogue):
         self._open_message()
         self._outgoing += encoder.encode_whole(data)
         whole = self._retrieval is None or self._retrieval.body_lines is None
-        self._stats = self._stats.retrieved(whole, encoder.octets)
+        self._tally.add(whole, encoder.octets)
         self._end_message()
 
     def finish_message(self) -> None:
@@ -185,7 +185,7 @@ class POP3Connection(Dialogue):
         self._open_message()
         self._outgoing += encoder.finish()
         whole = self._retrieval is None or self._retrieval.body_lines is None
-        self._stats = self._stats.retrieved(whole, encoder.octets)
+        self._tally.add(whole, encoder.octets)
         self._end_message()
 
     def abort_message(self, response: Response) -> None:

@@ -21,6 +21,7 @@ from mdcore.maildrop import Maildrop, MaildropInUseError
 from mdcore.metrics import LoginOutcome
 from pop3proxy import forward, responses
 from pop3proxy.auth import LoginAttempt, Outcome, Verdict
+from pop3proxy.dialogue import State
 from pop3proxy.events import (
     Authenticate,
     ConnectionClosed,
@@ -153,12 +154,18 @@ class Session:
             self.conn.connection_lost()
 
     async def _next_input(self) -> bytes:
-        """The next line for the core (or what there is of it); b"" at the end."""
+        """The next input for the core: a line before login, all there is after."""
         if not self.pending:
             data = await self._receive()
             if not data:
                 return b""
             self.pending += data
+        if self.conn.state is State.TRANSACTION:
+            # Past the login no STLS or forwarding can claim what follows: the
+            # core takes all of it, so pipelined commands cost no step each.
+            data = bytes(self.pending)
+            self.pending.clear()
+            return data
         end = self.pending.find(b"\r\n")
         cut = len(self.pending) if end == -1 else end + 2
         line = bytes(self.pending[:cut])

@@ -15,7 +15,6 @@ import pytest
 
 from mdcore.mailbox_reader import iter_crlf, list_messages, open_message
 from mdcore.maildir import (
-    MARKER_DIR,
     DedupeIndex,
     DeliveryOutcome,
     DeliveryResult,
@@ -30,6 +29,7 @@ from mdcore.maildir import (
     unique_name,
 )
 from mdcore.quota import QuotaLimits, Usage, read_usage
+from mdcore.sharedtags import SharedTags
 
 PREFIX = b"Return-Path: <sender@example.org>\n"
 BODY = b"Subject: hello\r\n\r\nline one\r\nline two\r\n"
@@ -333,40 +333,77 @@ def test_a_fresh_index_finds_earlier_deliveries_on_disk(
     assert (names(maildir / "new"), names(maildir / "cur")) == ([], [seen])
 
 
-def test_another_process_delivery_is_found_through_its_marker(
+def test_another_worker_delivery_is_found_through_the_shared_table(
     tmp_path: Path, spool: Path
 ) -> None:
-    """Index A read the Maildir before B delivered: B's marker still tells A."""
+    """A read the Maildir before B delivered: the table sends A to read it again."""
     maildir = mailbox(tmp_path, "alice")
-    process_a, process_b = DedupeIndex(markers=True), DedupeIndex(markers=True)
+    table = SharedTags(64)
+    worker_a, worker_b = DedupeIndex(shared=table), DedupeIndex(shared=table)
     with stage(spool) as staged:
-        deliver(staged, [target(maildir, "Q0")], process_a)
-        [original] = deliver(staged, [target(maildir, "Q1")], process_b)
+        deliver(staged, [target(maildir, "Q0")], worker_a)
+        [original] = deliver(staged, [target(maildir, "Q1")], worker_b)
     seen = f"{original.name}:2,S"
     os.rename(maildir / "new" / str(original.name), maildir / "cur" / seen)
 
     with stage(spool) as retry_body:
-        [retry] = deliver(retry_body, [target(maildir, "Q1")], process_a)
-    assert (retry.outcome, retry.name) == (DUPLICATE, original.name)
+        [retry] = deliver(retry_body, [target(maildir, "Q1")], worker_a)
+    assert (retry.outcome, retry.name) == (DUPLICATE, seen)
     assert len(names(maildir / "cur")) == 1
-    assert os.readlink(maildir / MARKER_DIR / dedupe_tag("Q1", "alice@example.org"))
+    assert sorted(os.listdir(maildir)) == ["cur", "new", "tmp"]
 
 
-def test_a_marker_whose_message_is_gone_is_not_a_copy(
+def test_a_tag_in_the_table_whose_message_is_gone_is_not_a_copy(
     tmp_path: Path, spool: Path
 ) -> None:
-    """The message a marker names was never made durable, or is deleted: deliver."""
+    """The message was read and deleted since: the Maildir is read, and it delivers."""
     maildir = mailbox(tmp_path, "alice")
+    table = SharedTags(64)
+    worker_a, worker_b = DedupeIndex(shared=table), DedupeIndex(shared=table)
     with stage(spool) as staged:
-        [original] = deliver(staged, [target(maildir, "Q1")], DedupeIndex(markers=True))
+        deliver(staged, [target(maildir, "Q0")], worker_a)
+        [original] = deliver(staged, [target(maildir, "Q1")], worker_b)
     (maildir / "new" / str(original.name)).unlink()
 
     with stage(spool) as staged:
-        [retry] = deliver(staged, [target(maildir, "Q1")], DedupeIndex(markers=True))
+        [retry] = deliver(staged, [target(maildir, "Q1")], worker_a)
     assert retry.outcome is DELIVERED
-    marker = maildir / MARKER_DIR / dedupe_tag("Q1", "alice@example.org")
-    assert os.readlink(marker) == retry.name
-    assert stat.S_IMODE(os.stat(maildir / MARKER_DIR).st_mode) == 0o700
+    assert len(names(maildir / "new")) == 2
+
+
+def test_the_table_is_shared_with_a_forked_child(tmp_path: Path, spool: Path) -> None:
+    """What a forked child adds, its parent (and so a sibling) sees."""
+    table = SharedTags(64)
+    child = os.fork()
+    if child == 0:
+        table.add("/spool/alice", "0123456789ab")
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert table.seen("/spool/alice", "0123456789ab", since=time.time() - 60)
+    assert not table.seen("/spool/bob", "0123456789ab", since=time.time() - 60)
+
+
+def test_the_table_forgets_the_oldest_of_a_full_run() -> None:
+    """Past its size the table drops the oldest entries, and only those."""
+    now = [1000.0]
+    table = SharedTags(8, clock=lambda: now[0])
+    for number in range(8):
+        now[0] += 1
+        table.add("/m", f"{number:012x}")
+    now[0] += 1
+    table.add("/m", "ffffffffffff")
+    present = [table.seen("/m", f"{n:012x}", since=0) for n in range(8)]
+    assert present == [False] + [True] * 7
+    assert table.seen("/m", "ffffffffffff", since=0)
+    assert not table.seen("/m", "ffffffffffff", since=now[0] + 1)
+
+
+def test_the_table_size_is_checked() -> None:
+    """A size that is not a power of two, or smaller than a probe run, is refused."""
+    for slots in (0, 4, 100):
+        with pytest.raises(ValueError, match="power of two"):
+            SharedTags(slots)
 
 
 def test_tags_older_than_the_window_are_forgotten(tmp_path: Path, spool: Path) -> None:
@@ -580,11 +617,17 @@ def test_crlf_only_writes_store_what_plain_writes_store(
     fast.abort()
 
 
-def test_a_single_process_leaves_no_markers(tmp_path: Path, spool: Path) -> None:
-    """Without markers (one server process), a keyed delivery makes no inode more."""
+def test_a_keyed_delivery_leaves_nothing_beside_the_message(
+    tmp_path: Path, spool: Path
+) -> None:
+    """A keyed delivery, shared or not, makes no file or folder but the message."""
     maildir = mailbox(tmp_path, "alice")
+    shared = DedupeIndex(shared=SharedTags(64))
     with stage(spool) as staged:
         [first] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
         [again] = deliver(staged, [target(maildir, "Q1")], DedupeIndex())
+        [other] = deliver(staged, [target(maildir, "Q2")], shared)
     assert (first.outcome, again.outcome) == (DELIVERED, DUPLICATE)
-    assert not (maildir / MARKER_DIR).exists()
+    assert other.outcome is DELIVERED
+    assert sorted(os.listdir(maildir)) == ["cur", "new", "tmp"]
+    assert len(names(maildir / "new")) == 2
