@@ -61,3 +61,16 @@ class Envelope:
     smtputf8: bool = False
     declared_size: int | None = None
     rcpt_tos: tuple[str, ...] = ()
+
+    def with_recipient(self, address: str) -> Envelope:
+        """This envelope with one more accepted recipient."""
+        # Field by field: dataclasses.replace() inspects the class each time,
+        # and this runs for every RCPT.
+        return Envelope(
+            self.mail_from,
+            self.mail_params,
+            self.body_type,
+            self.smtputf8,
+            self.declared_size,
+            (*self.rcpt_tos, address),
+        )

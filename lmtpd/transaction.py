@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lmtpd import replies
 from lmtpd.body import BodyCheck, BodyDefect, ChunkDecoder
@@ -57,8 +57,7 @@ class Transaction:
 
     def add_recipient(self, address: str) -> None:
         """Record a recipient the application accepted."""
-        rcpt_tos = (*self.envelope.rcpt_tos, address)
-        self.envelope = replace(self.envelope, rcpt_tos=rcpt_tos)
+        self.envelope = self.envelope.with_recipient(address)
 
     def start_body(self, limits: Limits, refusal: Reply | None) -> None:
         """Open the body, or remember why the application refused it."""
