@@ -15,7 +15,7 @@ from pathlib import Path
 from lmtpd import replies
 from lmtpd.replies import Reply
 from mdcore.config import ServerConfig
-from mdcore.logs import for_domain
+from mdcore.logs import batched_lines, for_domain
 from mdcore.maildir import (
     DeliveryOutcome,
     DeliveryResult,
@@ -241,6 +241,10 @@ class Deliverer:
 
         Blocking: the server runs this in a worker thread.
         """
+        with batched_lines():
+            return self._finish(txn, dedupe_key)
+
+    def _finish(self, txn: Transaction, dedupe_key: str | None) -> list[Reply]:
         staged = txn.staged
         if staged is None:
             return self._defer(txn, txn.failure or replies.LOCAL_ERROR, 0)
