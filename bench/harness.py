@@ -90,6 +90,7 @@ def run_benchmark(
             shutil.rmtree(scratch, ignore_errors=True)
     print("\n".join(header(started) + bench.report.markdown()))
     if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(bench.report.data(command_line()), indent=2))
     return status
 

@@ -5,7 +5,8 @@ loads both servers with the same cells: 1, 10 and 100 KB messages, 1 and 10
 recipients, 1 and 20 sessions. The servers take turns cell by cell (the order
 alternates), every run is checked against the Maildirs, and the ratio ours/Dovecot
 is taken run by run; the table shows medians. Then the peak memory of each server's
-process tree while 20 sessions each deliver one 50 MB message.
+process tree while 20 sessions each deliver one 50 MB message. Each run also
+charges the CPU time the server's process tree spent in it to its messages.
 Run: .venv/bin/python bench/lmtp_bench.py [--quick] [--repeat 3] [--json FILE]
 """
 
@@ -15,9 +16,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from harness import command_block, progress, run_benchmark
-from lmtp_load import KB, Cell, LoadError, clear_maildirs, run_load, verify_stored
+from lmtp_load import (
+    INODE_REUSE_SECONDS,
+    KB,
+    Cell,
+    LoadError,
+    clear_and_settle,
+    run_load,
+    verify_stored,
+)
 from lmtp_report import Report, RssFigure, RunFigure
 from peers import (
     DovecotPeer,
@@ -27,6 +37,7 @@ from peers import (
     all_mailboxes,
     stop_all,
 )
+from proc_cpu import tree_cpu_seconds
 from proc_memory import PeakSampler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +66,12 @@ def parse_args() -> argparse.Namespace:
         "--workers", type=int, default=0, help="our lmtp.workers (0: one per CPU)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds to wait after emptying the Maildirs (default "
+        f"{INODE_REUSE_SECONDS:g}, quick 0; see INODE_REUSE_SECONDS)",
+    )
     parser.add_argument("--rss-mb", type=int, help="message size of the memory run")
     parser.add_argument("--rss-sessions", type=int, default=20)
     parser.add_argument("--no-rss", action="store_true", help="skip the memory run")
@@ -65,6 +82,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dovecot", default="/usr/sbin/dovecot")
     args = parser.parse_args()
     quick = args.quick
+    if args.settle is None:
+        args.settle = 0.0 if quick else INODE_REUSE_SECONDS
     args.repeat = args.repeat or (1 if quick else 3)
     args.messages = args.messages or (100 if quick else 1000)
     args.rss_mb = args.rss_mb or (5 if quick else 50)
@@ -81,6 +100,13 @@ def build_cells(messages: int) -> list[Cell]:
                 per_session = max(1, total // sessions)
                 cells.append(Cell(size, recipients, sessions, per_session))
     return cells
+
+
+class Measured(NamedTuple):
+    """One run of one server: messages per second, CPU milliseconds a message."""
+
+    rate: float
+    cpu_ms: float
 
 
 class Bench:
@@ -137,30 +163,35 @@ class Bench:
             peer.start()
             self.measure(warmup, peer)
 
-    def measure(self, cell: Cell, peer: Peer) -> float:
-        """One run: load, check the Maildirs, empty them; messages per second."""
+    def measure(self, cell: Cell, peer: Peer) -> Measured:
+        """One run: load, check the Maildirs, empty them; its rate and CPU cost."""
         if not peer.running():
             raise PeerError(f"{peer.name} is not running:\n{peer.log_tail()}")
         try:
+            cpu_before = tree_cpu_seconds(peer.root_pid())
             seconds = run_load(cell, peer, self.scratch, self.args.timeout)
+            cpu = tree_cpu_seconds(peer.root_pid()) - cpu_before
             verify_stored(cell, peer)
         finally:
-            clear_maildirs(peer, self.mailboxes)
-            # Let the deletions reach the disk now, not during the next run.
-            os.sync()
-        return cell.messages / seconds
+            clear_and_settle(peer, self.mailboxes, self.args.settle)
+        return Measured(cell.messages / seconds, cpu * 1000 / cell.messages)
 
     def run_matrix(self) -> None:
         """Every cell, every repetition, the peers taking turns."""
         for repetition in range(self.args.repeat):
             for index, cell in enumerate(self.cells):
                 turn = self.peers if (index + repetition) % 2 == 0 else self.peers[::-1]
-                rates = {peer.name: self._try(cell, peer) for peer in turn}
-                figure = RunFigure(repetition, cell, rates)
+                measured = {peer.name: self._try(cell, peer) for peer in turn}
+                figure = RunFigure(
+                    repetition,
+                    cell,
+                    {name: run and run.rate for name, run in measured.items()},
+                    {name: run and run.cpu_ms for name, run in measured.items()},
+                )
                 self.report.runs.append(figure)
                 progress(f"run {repetition + 1}/{self.args.repeat}: {figure.line()}")
 
-    def _try(self, cell: Cell, peer: Peer) -> float | None:
+    def _try(self, cell: Cell, peer: Peer) -> Measured | None:
         try:
             return self.measure(cell, peer)
         except LoadError as error:
@@ -175,9 +206,9 @@ class Bench:
         for peer in self.peers:
             with PeakSampler(peer.root_pid()) as sampler:
                 started = time.monotonic()
-                rate = self._try(cell, peer)
+                measured = self._try(cell, peer)
             seconds = time.monotonic() - started
-            ok = rate is not None
+            ok = measured is not None
             figure = RssFigure(peer.name, cell, sampler.idle, sampler.peak, seconds, ok)
             self.report.rss.append(figure)
             progress(figure.line())
@@ -192,7 +223,8 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
         *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, "
         f"Dovecot {dovecot or '?'}, {args.repeat} runs per cell, "
-        f"{args.messages} messages per 1-recipient cell.",
+        f"{args.messages} messages per 1-recipient cell, "
+        f"{args.settle:g} s pause after each run's Maildirs are emptied.",
         "",
     ]
 

@@ -19,6 +19,8 @@ class RunFigure:
     repetition: int
     cell: Cell
     rates: dict[str, float | None]
+    # CPU milliseconds each server's process tree spent per message in the run.
+    cpu_ms: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -29,7 +31,8 @@ class RunFigure:
     def line(self) -> str:
         """A progress line."""
         rates = " ".join(
-            f"{name} {_rate(rate)} msg/s" for name, rate in self.rates.items()
+            f"{name} {_rate(rate)} msg/s{_cpu_note(self.cpu_ms.get(name))}"
+            for name, rate in self.rates.items()
         )
         ratio = f" ratio {self.ratio:.2f}" if self.ratio else ""
         return f"{self.cell.label}: {rates}{ratio}"
@@ -59,6 +62,10 @@ def _rate(rate: float | None) -> str:
     return "failed" if rate is None else f"{rate:,.1f}"
 
 
+def _cpu_note(cpu_ms: float | None) -> str:
+    return "" if cpu_ms is None else f" ({cpu_ms:.2f} ms CPU)"
+
+
 def _mb(kb: int) -> str:
     return f"{kb / KB:,.0f} MB"
 
@@ -85,6 +92,12 @@ class Report:
     def _rates(self, cell: Cell, name: str) -> list[float | None]:
         return [run.rates.get(name) for run in self._runs_of(cell)]
 
+    def _cpu(self, cell: Cell, name: str) -> list[float | None]:
+        return [run.cpu_ms.get(name) for run in self._runs_of(cell)]
+
+    def _has_cpu(self) -> bool:
+        return any(run.cpu_ms for run in self.runs)
+
     def _ratios(self, cell: Cell) -> list[float | None]:
         return [run.ratio for run in self._runs_of(cell)]
 
@@ -106,6 +119,10 @@ class Report:
         titles = [f"{TITLES[name]} msg/s" for name in self.names]
         if self._both():
             titles += ["ours/Dovecot (median)", "ratio range"]
+        if self._has_cpu():
+            titles.append(
+                "CPU ms/msg (" + ", ".join(TITLES[n] for n in self.names) + ")"
+            )
         lines = [
             "| cell | messages a run | " + " | ".join(titles) + " |",
             "|---|---:|" + "---:|" * len(titles),
@@ -124,6 +141,9 @@ class Report:
             values.append(
                 f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "failed"
             )
+        if self._has_cpu():
+            medians = [_median(self._cpu(cell, name)) for name in self.names]
+            values.append(", ".join("-" if m is None else f"{m:.2f}" for m in medians))
         return f"| {cell.label} | {cell.messages:,} | " + " | ".join(values) + " |"
 
     def _memory_table(self) -> list[str]:
@@ -168,6 +188,7 @@ class Report:
             "median": {name: _median(self._rates(cell, name)) for name in self.names},
             "ratios": self._ratios(cell),
             "ratio_median": _median(self._ratios(cell)),
+            "cpu_ms_per_message": {name: self._cpu(cell, name) for name in self.names},
         }
 
 

@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 
 from harness import command_block, progress, run_benchmark
-from lmtp_load import KB, Cell, LoadError, clear_maildirs
+from lmtp_load import INODE_REUSE_SECONDS, KB, Cell, LoadError, clear_and_settle
 from lmtp_report import Report, RunFigure
 from path_load import Route, routed, run_path, wait_no_sessions
 from peers import (
@@ -102,6 +102,12 @@ def parse_args() -> argparse.Namespace:
         "--workers", type=int, default=0, help="our lmtp.workers (0: one per CPU)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds to wait after emptying the Maildirs (default "
+        f"{INODE_REUSE_SECONDS:g}, quick 0; see INODE_REUSE_SECONDS)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write figures")
     parser.add_argument("--workdir", type=Path, help="parent of the scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -109,6 +115,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dovecot", default="/usr/sbin/dovecot")
     args = parser.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.settle is None:
+        args.settle = 0.0 if args.quick else INODE_REUSE_SECONDS
     args.messages = args.messages or (200 if args.quick else 2000)
     return args
 
@@ -218,9 +226,7 @@ class Bench:
         try:
             figure = run_path(cell, peer, self.route, self.scratch, self.args.timeout)
         finally:
-            clear_maildirs(peer, self.mailboxes[peer.name])
-            # Let the deletions reach the disk now, not during the next run.
-            os.sync()
+            clear_and_settle(peer, self.mailboxes[peer.name], self.args.settle)
         share = figure.reused / figure.deliveries
         progress(
             f"  {peer.name}: {figure.seconds:.2f} s, {share:.0%} of deliveries over "
@@ -263,7 +269,8 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
         *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, Postfix {postfix}, "
         f"Dovecot {dovecot}; {args.repeat} pairs per cell, {args.sessions} "
-        f"smtp-source sessions (a connection per message); main.cf: {shown}.",
+        f"smtp-source sessions (a connection per message), {args.settle:g} s "
+        f"pause after each run's Maildirs are emptied; main.cf: {shown}.",
         "",
     ]
 

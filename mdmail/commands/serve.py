@@ -5,14 +5,12 @@ import importlib
 from dataclasses import replace
 from typing import Any
 
-from lmtpd import main as lmtp_main
 from mdcore import schema
 from mdcore.config import ServerConfig, WebConfig
 from mdcore.errors import AdminError, ConfigError
 from mdcore.layout import StateRoot
 from mdcore.logs import setup_logging
 from mdmail.context import Context
-from pop3proxy import main as pop3_main
 
 LISTEN_HELP = "unix:/path or inet:ADDRESS:PORT, instead of the config's (repeatable)"
 
@@ -75,6 +73,9 @@ def serve_lmtp(context: Context, args: argparse.Namespace) -> None:
     if args.listen:
         config = replace(config, lmtp=replace(config.lmtp, listen=tuple(args.listen)))
     setup_logging("lmtpd", config.log.level, config.log.file, log_root(config))
+    # Each server imports its own component only: less memory in every process.
+    from lmtpd import main as lmtp_main
+
     status = lmtp_main.run(config)
     if status:
         raise SystemExit(status)
@@ -90,6 +91,8 @@ def serve_pop3(context: Context, args: argparse.Namespace) -> None:
         pop3 = replace(pop3, tls_listen=tuple(args.tls_listen))
     config = replace(config, pop3=pop3)
     setup_logging("pop3proxy", config.log.level, config.log.file, log_root(config))
+    from pop3proxy import main as pop3_main
+
     pop3_main.run(config)
 
 
