@@ -2,15 +2,24 @@
 
 A `Transaction` follows one message: each RCPT is resolved in its domain's namespace
 and answered, the body is staged once as it streams in, and at the end it is made
-durable and linked into every mailbox before any 250 is returned. Blocking steps
-(fsync, links, quota files) run in worker threads, never on the event loop.
+durable and linked into every mailbox before any 250 is returned.
+
+Deliverer.finish() yields each step that waits for the disk (the staged file's
+fsync, the fsync of every new/ folder, and the whole placing when it reads a
+maildirsize or a Maildir's names for the first time) for a worker thread. The
+rest runs on the caller's thread, for the server its event loop: hard links, the
+unlink of the staged name, undoing a failed placing, log lines, and the first
+stat or mkdir of a Maildir. Those are single metadata calls that do not wait for
+the disk to write; known limitation: on a stalled filesystem they stall the loop.
 """
 
 import errno
 import logging
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmtpd import replies
 from lmtpd.replies import Reply
@@ -22,7 +31,11 @@ from mdcore.maildir import (
     MailboxTarget,
     StagedMessage,
     deliver,
+    deliver_in_steps,
     ensure_maildir,
+    finish_steps,
+    fsync_dirs,
+    placing_reads_disk,
 )
 from mdcore.metrics import Metrics, RecipientOutcome
 from mdcore.namespace import Namespace, Registry
@@ -80,6 +93,21 @@ class Transaction:
         """Give up staging the body (a write failed): free its space at once."""
         self.discard()
         self.failure = staging_failure(self.queue_id, exc)
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """A step of a delivery that waits for the disk: for a worker thread."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+    def run(self) -> Any:
+        """Do the step here and now."""
+        return self.function(*self.args)
+
+
+Steps = Generator[Blocking, Any, list[Reply]]
 
 
 class Deliverer:
@@ -236,32 +264,40 @@ class Deliverer:
             raise LookupError(mailbox.domain)
         return _target(namespace, mailbox, recipient, dedupe)
 
-    def finish(self, txn: Transaction, dedupe_key: str | None) -> list[Reply]:
+    def finish(self, txn: Transaction, dedupe_key: str | None) -> Steps:
         """Make the message durable in every mailbox; one reply per recipient.
 
-        Blocking: the server runs this in a worker thread.
+        A generator: each step that waits for the disk is yielded as a
+        Blocking, for the caller to run in a worker thread and send back its
+        result (or throw in its exception); the generator returns the
+        replies. The rest runs in the caller's thread, for the server its
+        event loop: a worker thread then only waits in fsync(2), instead of
+        competing with the loop for the GIL between system calls (measured:
+        10-recipient messages about a sixth less CPU and a fifth faster at 20
+        sessions, interleaved runs).
         """
-        with batched_lines():
-            return self._finish(txn, dedupe_key)
-
-    def _finish(self, txn: Transaction, dedupe_key: str | None) -> list[Reply]:
         staged = txn.staged
         if staged is None:
-            return self._defer(txn, txn.failure or replies.LOCAL_ERROR, 0)
+            with batched_lines():
+                return self._defer(txn, txn.failure or replies.LOCAL_ERROR, 0)
         too_big = self._over_domain_size(txn, staged.size)
         try:
-            staged.commit()
-            outcomes = self._deliver(txn, staged, dedupe_key, too_big)
+            yield Blocking(staged.commit)
+            outcomes = yield from self._deliver(txn, staged, dedupe_key, too_big)
         except OSError as exc:
-            return self._defer(txn, staging_failure(txn.queue_id, exc), staged.size)
+            # Perhaps the Maildir went away: the next delivery makes it again.
+            self._present.discard(staged.path.parent.parent)
+            with batched_lines():
+                return self._defer(txn, staging_failure(txn.queue_id, exc), staged.size)
         finally:
             txn.discard()
-        return [
-            self._refuse(txn, recipient, replies.MESSAGE_TOO_BIG, staged.size)
-            if recipient.address in too_big
-            else self._reply(txn, recipient, outcomes, staged.size)
-            for recipient in txn.recipients
-        ]
+        with batched_lines():
+            return [
+                self._refuse(txn, recipient, replies.MESSAGE_TOO_BIG, staged.size)
+                if recipient.address in too_big
+                else self._reply(txn, recipient, outcomes, staged.size)
+                for recipient in txn.recipients
+            ]
 
     def _over_domain_size(self, txn: Transaction, size: int) -> set[str]:
         # A domain's own max_message_size is checked against SIZE= at RCPT; a
@@ -291,7 +327,7 @@ class Deliverer:
         staged: StagedMessage,
         dedupe_key: str | None,
         skip: set[str],
-    ) -> dict[Mailbox, DeliveryResult]:
+    ) -> Generator[Blocking, Any, dict[Mailbox, DeliveryResult]]:
         targets: list[tuple[Mailbox, MailboxTarget]] = []
         for recipient in txn.recipients:
             if recipient.address in skip:
@@ -300,7 +336,15 @@ class Deliverer:
                 if mailbox not in (box for box, _ in targets):
                     target = self.target(mailbox, recipient.address, dedupe_key)
                     targets.append((mailbox, self._ensure(target)))
-        results = deliver(staged, [target for _, target in targets])
+        boxes = [target for _, target in targets]
+        results: list[DeliveryResult]
+        if any(placing_reads_disk(target) for target in boxes):
+            results = yield Blocking(deliver, (staged, boxes))
+        else:
+            # Links and names only: here, with just the fsyncs in a worker.
+            steps = deliver_in_steps(staged, boxes)
+            errors = yield Blocking(fsync_dirs, (next(steps),))
+            results = finish_steps(steps, errors)
         for result in results:
             if result.outcome is DeliveryOutcome.FAILED:
                 self._present.discard(result.target.maildir)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lmtpd import replies
-from lmtpd.delivery import Deliverer, Transaction, staging_failure
+from lmtpd.delivery import Deliverer, Steps, Transaction, staging_failure
 from lmtpd.events import (
     BodyAborted,
     BodyChunk,
@@ -36,6 +36,7 @@ from lmtpd.events import (
     RcptTo,
 )
 from lmtpd.protocol import LMTPConnection
+from lmtpd.replies import Reply
 from lmtpd.transaction import Limits
 from mdcore.config import ServerConfig
 from mdcore.exporter import Exporter, start_exporter
@@ -202,11 +203,24 @@ class Session:
         ident = self.conn.session.xforward.ident
         # The queue id of the MTA, with the recipient, makes a retry after a lost
         # connection a duplicate instead of a second copy.
-        replies_out = await self.server.in_worker(
-            self.server.deliverer.finish, txn, ident
-        )
+        replies_out = await self._run_steps(self.server.deliverer.finish(txn, ident))
         self.txn = None
         self.conn.answer_message(replies_out)
+
+    async def _run_steps(self, steps: Steps) -> list[Reply]:
+        """Run a delivery: its Blocking steps in worker threads, the rest here."""
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    value = await self.server.in_worker(step.run)
+                except Exception as exc:  # handed back to the step that asked
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(value)
+        except StopIteration as done:
+            replies_out: list[Reply] = done.value
+            return replies_out
 
     def _discard(self) -> None:
         if self.txn is not None:

@@ -28,7 +28,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +274,11 @@ class MaildirTags:
         # Maildir, does not find the message, and delivers.
         self._loaded().pop(tag, None)
 
+    @property
+    def loaded(self) -> bool:
+        """True once the Maildir's names have been read."""
+        return self._tags is not None
+
     def _loaded(self) -> dict[str, tuple[str, int]]:
         """Return the tags, reading new/ and cur/ once on first use."""
         if self._tags is None:
@@ -344,12 +349,68 @@ def deliver(
     index: DedupeIndex | None = None,
 ) -> list[DeliveryResult]:
     """Put a committed message into every target's new/; blocking, one result each."""
+    steps = deliver_in_steps(staged, targets, index)
+    return finish_steps(steps, fsync_dirs(next(steps)))
+
+
+DeliverySteps = Generator[list[str], list[OSError | None], list[DeliveryResult]]
+
+
+def finish_steps(
+    steps: DeliverySteps, errors: list[OSError | None]
+) -> list[DeliveryResult]:
+    """Hand deliver_in_steps() the errors of its fsyncs; return its results."""
+    try:
+        steps.send(errors)
+    except StopIteration as done:
+        results: list[DeliveryResult] = done.value
+        return results
+    raise RuntimeError("deliver_in_steps went on after its one step")
+
+
+def placing_reads_disk(target: MailboxTarget, index: DedupeIndex | None = None) -> bool:
+    """Tell whether placing a message for target reads files, not memory only.
+
+    A quota is read from (and recorded in) maildirsize, and a dedupe key is
+    looked up in the Maildir's names the first time this process meets it:
+    an event loop should have a worker thread run deliver() for such targets.
+    """
+    if target.quota is not None:
+        return True
+    if target.dedupe_key is None:
+        return False
+    tags = PROCESS_INDEX if index is None else index
+    return not tags.for_maildir(target.maildir).loaded
+
+
+def deliver_in_steps(
+    staged: StagedMessage,
+    targets: list[MailboxTarget],
+    index: DedupeIndex | None = None,
+) -> DeliverySteps:
+    """deliver(), with its wait for the disk handed to the caller.
+
+    The generator links the message into place, then yields the new/ folders
+    to fsync; the caller fsyncs them with fsync_dirs() where it likes (in a
+    worker thread, for an event loop) and sends back the errors. It returns
+    one result per target.
+    """
     if not staged.committed:
         raise ValueError("deliver() needs a committed StagedMessage")
     source = _Source(staged)
     tags = PROCESS_INDEX if index is None else index
     placements = [_place(source, target, tags) for target in targets]
-    _sync_new_dirs(placements, tags)
+    delivered = [p for p in placements if p.outcome is DeliveryOutcome.DELIVERED]
+    directories = list(
+        dict.fromkeys(os.path.join(p.target.maildir, "new") for p in delivered)
+    )
+    errors = yield directories
+    for directory, exc in zip(directories, errors, strict=True):
+        if exc is None:
+            continue
+        for placement in delivered:
+            if os.path.join(placement.target.maildir, "new") == directory:
+                _undo(placement, exc, tags)
     _record_quota(placements)
     return [placement.result() for placement in placements]
 
@@ -525,20 +586,6 @@ def _fill_copy(fd: int, source: _Source, target: MailboxTarget) -> None:
         os.close(fd)
 
 
-def _sync_new_dirs(placements: list[_Placement], index: DedupeIndex) -> None:
-    """Fsync each new/ that got a message once; undo the messages of a failed one."""
-    delivered = [p for p in placements if p.outcome is DeliveryOutcome.DELIVERED]
-    directories = list(
-        dict.fromkeys(os.path.join(p.target.maildir, "new") for p in delivered)
-    )
-    for directory, exc in zip(directories, _fsync_dirs(directories), strict=True):
-        if exc is None:
-            continue
-        for placement in delivered:
-            if os.path.join(placement.target.maildir, "new") == directory:
-                _undo(placement, exc, index)
-
-
 class _InFlight:
     """How many deliveries of this process are syncing their new/ folders."""
 
@@ -559,7 +606,7 @@ class _InFlight:
 _SYNCING = _InFlight()
 
 
-def _fsync_dirs(directories: list[str]) -> list[OSError | None]:
+def fsync_dirs(directories: list[str]) -> list[OSError | None]:
     """Fsync the directories; the error of each, or None.
 
     A delivery alone in the process issues its fsyncs together, so that one

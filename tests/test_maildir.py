@@ -24,7 +24,10 @@ from mdcore.maildir import (
     clean_tmp,
     dedupe_tag,
     deliver,
+    deliver_in_steps,
     ensure_maildir,
+    finish_steps,
+    placing_reads_disk,
     sanitize_hostname,
     unique_name,
 )
@@ -286,6 +289,36 @@ def test_failed_fsync_of_new_takes_the_message_back(
     assert (failed.outcome, failed.name) == (DeliveryOutcome.FAILED, None)
     assert retried.outcome is DELIVERED
     assert names(maildir / "new") == [retried.name]
+
+
+def test_steps_hand_the_fsyncs_to_the_caller(tmp_path: Path, spool: Path) -> None:
+    """Two users: their two new/ folders yielded once; a reported error undoes one."""
+    alice, bob = mailbox(tmp_path, "alice"), mailbox(tmp_path, "bob")
+    index = DedupeIndex()
+    with stage(spool) as staged:
+        steps = deliver_in_steps(staged, [target(alice, "Q1"), target(bob)], index)
+        directories = next(steps)
+        failure = OSError(errno.EIO, os.strerror(errno.EIO))
+        results = finish_steps(steps, [failure, None])
+        [retried] = deliver(staged, [target(alice, "Q1")], index)
+
+    assert directories == [str(alice / "new"), str(bob / "new")]
+    assert [r.outcome for r in results] == [DeliveryOutcome.FAILED, DELIVERED]
+    assert names(alice / "new") == [retried.name]
+    assert names(bob / "new") == [results[1].name]
+
+
+def test_placing_reads_disk_for_quota_and_unread_names(tmp_path: Path) -> None:
+    """Quota or a dedupe key in a Maildir not yet read: the placing needs a thread."""
+    maildir = mailbox(tmp_path, "alice")
+    index = DedupeIndex()
+    quota = QuotaLimits(bytes=1000)
+
+    assert not placing_reads_disk(target(maildir), index)
+    assert placing_reads_disk(target(maildir, quota=quota), index)
+    assert placing_reads_disk(target(maildir, "Q1"), index)
+    index.for_maildir(maildir).find("unused")
+    assert not placing_reads_disk(target(maildir, "Q1"), index)
 
 
 def test_retry_with_the_same_queue_id_is_a_duplicate(
