@@ -1,7 +1,7 @@
 """One benchmark run: parallel smtp-source sessions, then a count of what landed."""
 
 import os
-import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -156,40 +156,46 @@ def verify_stored(cell: Cell, peer: Peer) -> int:
 
 
 # ext4 without a journal (this machine's disk: fsync runs ext4_fsync_nojournal)
-# does not hand out an inode freed in the last 5 seconds (10 while its inode
-# table block is dirty): every new file's inode is found by stepping over each
-# one freed since, in the kernel (recently_deleted() in fs/ext4/ialloc.c). A run
-# started just after the last one's messages were deleted pays that walk on
-# each file it creates, both servers alike, the more so the more was deleted:
-# measured with `perf record -a`, it was 30% of our server's CPU at 1 KB,
-# 1 rcpt, 20 sessions, and rates fell by half over a 20-minute run.
-INODE_REUSE_SECONDS = 6.0
+# does not hand out an inode freed in the last 60 seconds, or 360 while the
+# inode table block that holds it is dirty, which a run creating files nearby
+# keeps it: each new file's inode is found by stepping over every such inode, in
+# the kernel (recently_deleted() in fs/ext4/ialloc.c). Measured here: creating
+# an empty file took 20-25 us on a quiet filesystem and 320-700 us within a
+# minute or two after 3,000-12,000 files were deleted, and `perf record -a` put
+# a fifth to a third of our server's CPU in that walk when runs emptied the
+# Maildirs between them (both servers pay it per file, so it pulls every ratio
+# towards 1). So no run frees an inode: its folders are set aside whole, by
+# rename, and the spent ones go with the scratch folder at the end.
 
 
-def clear_and_settle(
-    peer: Peer, mailboxes: list[Mailbox], settle: float = INODE_REUSE_SECONDS
-) -> None:
-    """Empty the Maildirs, write that out, and wait until the freed inodes are old."""
-    clear_maildirs(peer, mailboxes)
-    # The deletions reach the disk now, not during the next run; once written
-    # out, the inode table blocks are clean and the shorter delay applies.
-    os.sync()
-    time.sleep(settle)
+class SpentFolders:
+    """Where the folders of finished runs are kept until the benchmark ends."""
+
+    def __init__(self, root: Path) -> None:
+        """root must be on the Maildirs' filesystem (rename(2) moves them)."""
+        self.root = root
+        self.count = 0
+
+    def set_aside(self, entry: Path, make_again: bool = False) -> None:
+        """Move a file or folder here by rename; make_again: an empty folder like it."""
+        status = entry.lstat()
+        self.root.mkdir(exist_ok=True)
+        self.count += 1
+        os.rename(entry, self.root / str(self.count))
+        if make_again:
+            entry.mkdir()
+            os.chown(entry, status.st_uid, status.st_gid)
+            os.chmod(entry, stat.S_IMODE(status.st_mode))
 
 
-def clear_maildirs(peer: Peer, mailboxes: list[Mailbox]) -> None:
-    """Empty tmp/, new/, cur/ and drop index and quota files, keeping the folders."""
+def clear_maildirs(peer: Peer, mailboxes: list[Mailbox], spent: SpentFolders) -> None:
+    """Empty the Maildirs: tmp/, new/, cur/ set aside and made again, the rest gone.
+
+    The rest is Dovecot's index files and the quota files of both servers.
+    """
     for mailbox in mailboxes:
         maildir = peer.maildir(mailbox)
         for entry in os.scandir(maildir):
-            if entry.name in ("tmp", "new", "cur"):
-                _empty(Path(entry.path))
-            elif entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-
-
-def _empty(folder: Path) -> None:
-    for entry in os.scandir(folder):
-        os.unlink(entry.path)
+            spent.set_aside(Path(entry.path), entry.name in ("tmp", "new", "cur"))
+    # The renames reach the disk now, not during the next run's fsyncs.
+    os.sync()

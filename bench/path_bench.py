@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 
 from harness import command_block, progress, run_benchmark
-from lmtp_load import INODE_REUSE_SECONDS, KB, Cell, LoadError, clear_and_settle
+from lmtp_load import KB, Cell, LoadError, SpentFolders, clear_maildirs
 from lmtp_report import Report, RunFigure
 from path_load import Route, routed, run_path, wait_no_sessions
 from peers import (
@@ -102,12 +102,6 @@ def parse_args() -> argparse.Namespace:
         "--workers", type=int, default=0, help="our lmtp.workers (0: one per CPU)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run")
-    parser.add_argument(
-        "--settle",
-        type=float,
-        help="seconds to wait after emptying the Maildirs (default "
-        f"{INODE_REUSE_SECONDS:g}, quick 0; see INODE_REUSE_SECONDS)",
-    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write figures")
     parser.add_argument("--workdir", type=Path, help="parent of the scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -115,8 +109,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dovecot", default="/usr/sbin/dovecot")
     args = parser.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 3)
-    if args.settle is None:
-        args.settle = 0.0 if args.quick else INODE_REUSE_SECONDS
     args.messages = args.messages or (200 if args.quick else 2000)
     return args
 
@@ -156,6 +148,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
         self.args = args
         self.scratch = scratch
+        self.spent = SpentFolders(scratch / "spent")
         self.cells = build_cells(args.messages, args.sessions)
         plain = all_mailboxes(args.sessions, max(RECIPIENTS))
         self.mailboxes = {
@@ -226,7 +219,7 @@ class Bench:
         try:
             figure = run_path(cell, peer, self.route, self.scratch, self.args.timeout)
         finally:
-            clear_and_settle(peer, self.mailboxes[peer.name], self.args.settle)
+            clear_maildirs(peer, self.mailboxes[peer.name], self.spent)
         share = figure.reused / figure.deliveries
         progress(
             f"  {peer.name}: {figure.seconds:.2f} s, {share:.0%} of deliveries over "
@@ -269,8 +262,8 @@ def header(args: argparse.Namespace, started: str) -> list[str]:
         *command_block(),
         f"Started {started}, {os.cpu_count()} CPUs, Postfix {postfix}, "
         f"Dovecot {dovecot}; {args.repeat} pairs per cell, {args.sessions} "
-        f"smtp-source sessions (a connection per message), {args.settle:g} s "
-        f"pause after each run's Maildirs are emptied; main.cf: {shown}.",
+        f"smtp-source sessions (a connection per message), each run's Maildir "
+        f"folders set aside after it; main.cf: {shown}.",
         "",
     ]
 

@@ -13,9 +13,9 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from lmtpd.events import (
 from lmtpd.protocol import LMTPConnection
 from lmtpd.replies import Reply
 from lmtpd.transaction import Limits
+from mdcore.blocking import BlockingPool
 from mdcore.config import ServerConfig
 from mdcore.exporter import Exporter, start_exporter
 from mdcore.layout import StateRoot, hosted_domains
@@ -134,6 +135,9 @@ class Session:
         data = self.conn.data_to_send()
         if data:
             self.writer.write(data)
+            if not self.writer.transport.get_write_buffer_size():
+                # All of it went out in the write: nothing to wait for.
+                return
             try:
                 async with asyncio.timeout(self.server.config.lmtp.idle_timeout):
                     await self.writer.drain()
@@ -254,7 +258,8 @@ class LmtpServer:
         # fsyncs together (a journal commit serves all writers waiting on it), so
         # parallel deliveries are what makes durable delivery fast.
         workers = min(config.lmtp.max_sessions, MAX_WORKERS)
-        self.workers = ThreadPoolExecutor(workers, thread_name_prefix="deliver")
+        self.workers = BlockingPool(workers, "deliver")
+        self.sweeper: threading.Thread | None = None
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Open the listeners (or use the given sockets) and start accepting."""
@@ -275,9 +280,12 @@ class LmtpServer:
         self._clean_staging()
         # Maildir tmp/ files left by a crash: swept in the background, since a
         # server with many mailboxes must not wait for it before accepting mail.
-        self.workers.submit(
-            sweep_maildir_tmp, self.config.root, self.config.lmtp.tmp_max_age
+        self.sweeper = threading.Thread(
+            target=sweep_maildir_tmp,
+            args=(self.config.root, self.config.lmtp.tmp_max_age),
+            name="tmp-sweep",
         )
+        self.sweeper.start()
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
                 server = await asyncio.start_unix_server(self._accept, sock=sock)
@@ -315,8 +323,7 @@ class LmtpServer:
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run a blocking step (file creation, fsync, links) in a worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.workers, function, *args)
+        return await self.workers.run(function, *args)
 
     async def stop(
         self, grace: float = SHUTDOWN_GRACE, remove_sockets: bool = True
@@ -333,7 +340,9 @@ class LmtpServer:
             await server.wait_closed()
         if remove_sockets:
             self._remove_socket_files()
-        self.workers.shutdown(wait=True)
+        self.workers.shutdown()
+        if self.sweeper is not None:
+            self.sweeper.join()
         if self.exporter is not None:
             # Last, so a scrape during the grace period still sees the counts.
             await asyncio.to_thread(self.exporter.close)
