@@ -87,6 +87,12 @@ def _level(value: str) -> str:
     return value.upper()
 
 
+def _fsync_way(value: str) -> str:
+    if value not in ("auto", "threads"):
+        raise ValueError("must be auto or threads")
+    return value
+
+
 @dataclass(frozen=True)
 class LmtpConfig:
     """The LMTP server's listeners and limits."""
@@ -103,6 +109,8 @@ class LmtpConfig:
     tmp_max_age: int = schema.checked(_positive, default=36 * 3600)
     # Server processes on the same listeners; 0 (the default) is one per CPU.
     workers: int = schema.checked(_not_negative, default=0)
+    # auto: fsync by Linux native AIO where the kernel has it, else threads.
+    fsync: str = schema.checked(_fsync_way, default="auto")
     metrics_listen: str = schema.checked(_metrics_listen, default="")
 
 

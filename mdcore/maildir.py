@@ -180,13 +180,27 @@ class StagedMessage:
 
     def commit(self) -> None:
         """Write out and fsync the staging file (blocking), ready for deliver()."""
+        os.fsync(self.written_out())
+        self.synced()
+
+    def written_out(self) -> int:
+        """Write the rest of the message to the staging file; its fd, to fsync.
+
+        commit() in two halves, for a caller that fsyncs the fd its own way:
+        written_out(), fsync(2) of the fd, then synced().
+        """
         if self._fd is None or self.committed:
             raise ValueError("commit() on a committed or aborted StagedMessage")
         if self._pending_cr:
             self._store(b"\r")
             self._pending_cr = False
         self._flush()
-        os.fsync(self._fd)
+        return self._fd
+
+    def synced(self) -> None:
+        """The staging file was fsynced: close it, ready for deliver()."""
+        if self._fd is None or self.committed:
+            raise ValueError("synced() on a committed or aborted StagedMessage")
         fd, self._fd = self._fd, None
         os.close(fd)
         self.committed = True
