@@ -1,14 +1,13 @@
-"""The asyncio layer: sockets in, the protocol core and the Deliverer behind.
+"""The asyncio layer: listeners, sessions, and the disk work of deliveries.
 
-Each connection is a `Session` task that feeds bytes to an `LMTPConnection` and
-answers its events. On SIGTERM the server stops listening, tells idle sessions
-"421 shutting down", lets messages in flight finish for a grace period, then
-abandons what is left (their staged bodies are removed: nothing was acknowledged).
+Each connection is a `Session` (lmtpd/session.py) over the protocol core. On
+SIGTERM the server stops listening, tells idle sessions "421 shutting down",
+lets messages in flight finish for a grace period, then abandons what is left
+(their staged bodies are removed: nothing was acknowledged).
 """
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import secrets
@@ -20,23 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lmtpd import replies
-from lmtpd.delivery import Deliverer, Steps, Sync, Transaction, staging_failure
-from lmtpd.events import (
-    BodyAborted,
-    BodyChunk,
-    BodyStart,
-    ConnectionClosed,
-    Event,
-    Lhlo,
-    MailFrom,
-    MessageComplete,
-    NeedData,
-    Quit,
-    RcptTo,
-)
-from lmtpd.protocol import LMTPConnection
-from lmtpd.replies import Reply
+from lmtpd.delivery import Deliverer
+from lmtpd.session import Session
 from lmtpd.transaction import Limits
 from mdcore.blocking import BlockingPool
 from mdcore.config import ServerConfig
@@ -50,197 +34,10 @@ from mdcore.namespace import Registry
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 MAX_WORKERS = 64
 
 T = TypeVar("T")
 SHUTDOWN_GRACE = 30.0
-
-
-class RepliesNotRead(Exception):
-    """The client left our replies unread for idle_timeout seconds."""
-
-
-class Session:
-    """One LMTP connection."""
-
-    ids = itertools.count(1)
-
-    def __init__(
-        self,
-        server: "LmtpServer",
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self.server = server
-        self.reader = reader
-        self.writer = writer
-        config = server.config
-        self.conn = LMTPConnection(config.hostname, server.limits)
-        self.name = f"{server.session_prefix}{next(self.ids):x}"
-        self.peer = _peer(writer)
-        self.txn: Transaction | None = None
-        self.messages = itertools.count(1)
-        self.idle = True
-
-    async def run(self) -> None:
-        """Serve the connection until QUIT, EOF, timeout or shutdown."""
-        self.conn.send_greeting()
-        log.debug("%s: connect from %s", self.name, self.peer)
-        try:
-            await self._loop()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            log.info("%s: connection lost from %s", self.name, self.peer)
-        except RepliesNotRead:
-            log.info("%s: timeout writing to %s", self.name, self.peer)
-        finally:
-            self._discard()
-            self.writer.close()
-
-    async def _loop(self) -> None:
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, NeedData):
-                await self._flush()
-                data = await self._read()
-                self.conn.receive_data(data)
-            elif isinstance(event, Quit | ConnectionClosed):
-                await self._flush()
-                return
-            else:
-                await self._handle(event)
-
-    async def _read(self) -> bytes:
-        self.idle = self.txn is None or self.txn.staged is None
-        if self.idle and self.server.stopping:
-            self.conn.shutdown(replies.SHUTTING_DOWN)
-            return b""
-        try:
-            # asyncio.timeout, not wait_for: no task of its own per read.
-            async with asyncio.timeout(self.server.config.lmtp.idle_timeout):
-                return await self.reader.read(READ_SIZE)
-        except asyncio.CancelledError:
-            # stop() wakes idle sessions this way: say goodbye properly.
-            if not self.server.stopping:
-                raise
-            self.conn.shutdown(replies.SHUTTING_DOWN)
-            return b""
-        except TimeoutError:
-            log.info("%s: timeout from %s", self.name, self.peer)
-            self.conn.shutdown(replies.TIMEOUT)
-            return b""
-        finally:
-            self.idle = False
-
-    async def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.writer.write(data)
-            if not self.writer.transport.get_write_buffer_size():
-                # All of it went out in the write: nothing to wait for.
-                return
-            try:
-                async with asyncio.timeout(self.server.config.lmtp.idle_timeout):
-                    await self.writer.drain()
-            except TimeoutError:
-                # A client that sends on but never reads its replies would hold
-                # its session for good: treat it as idle, and drop what is unsent.
-                self.writer.transport.abort()
-                raise RepliesNotRead from None
-
-    async def _handle(self, event: Event) -> None:
-        if isinstance(event, BodyChunk):
-            self._stage(event.data, event.crlf)
-        elif isinstance(event, MailFrom):
-            self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
-        elif isinstance(event, RcptTo):
-            self._rcpt(event)
-        elif isinstance(event, BodyStart):
-            await self._body_start()
-        elif isinstance(event, MessageComplete):
-            await self._complete(event)
-        elif isinstance(event, BodyAborted):
-            log.info("%s: message abandoned (%s)", self._qid(), event.reason.value)
-            self._discard()
-        elif isinstance(event, Lhlo):
-            log.debug("%s: lhlo=%s", self.name, event.session.lhlo_name)
-
-    def _rcpt(self, event: RcptTo) -> None:
-        if self.txn is None:
-            self.txn = Transaction(self._queue_id(), event.envelope.mail_from)
-        reply, _ = self.server.deliverer.check_recipient(
-            self.txn, event.address, event.envelope.declared_size
-        )
-        self.conn.answer_rcpt(reply)
-
-    async def _body_start(self) -> None:
-        if self.txn is None or not self.txn.recipients:
-            self.conn.answer_body_start(replies.LOCAL_ERROR)
-            return
-        try:
-            # The staging file is created here, on the loop: creating it in a
-            # worker thread, not waited for, measured slower (665 against 799
-            # msg/s, interleaved runs), even while a profile found the loop in
-            # this open(2) a third of the time (an ext4 without a journal walks
-            # recently freed inodes to allocate one: CPU the hop does not save).
-            self.server.deliverer.open_body(self.txn)
-        except OSError as exc:
-            self.conn.answer_body_start(staging_failure(self._qid(), exc))
-            return
-        self.conn.answer_body_start(None)
-
-    def _stage(self, data: bytes, crlf: bool) -> None:
-        txn = self.txn
-        if txn is None or txn.staged is None:
-            return
-        try:
-            txn.staged.write(data, crlf_only=crlf)
-        except OSError as exc:
-            # The rest of the body is read and dropped; at its end every
-            # recipient is told, so the client stays in step (RFC 2033 4.2).
-            txn.fail(exc)
-
-    async def _complete(self, event: MessageComplete) -> None:
-        txn = self.txn
-        if event.defect is not None or txn is None:
-            self._discard()
-            return
-        ident = self.conn.session.xforward.ident
-        # The queue id of the MTA, with the recipient, makes a retry after a lost
-        # connection a duplicate instead of a second copy.
-        replies_out = await self._run_steps(self.server.deliverer.finish(txn, ident))
-        self.txn = None
-        self.conn.answer_message(replies_out)
-
-    async def _run_steps(self, steps: Steps) -> list[Reply]:
-        """Run a delivery: its Blocking steps in worker threads, the rest here."""
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    if isinstance(step, Sync):
-                        value = await self.server.fsync(step.fds)
-                    else:
-                        value = await self.server.in_worker(step.run)
-                except Exception as exc:  # handed back to the step that asked
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(value)
-        except StopIteration as done:
-            replies_out: list[Reply] = done.value
-            return replies_out
-
-    def _discard(self) -> None:
-        if self.txn is not None:
-            self.txn.discard()
-            self.txn = None
-
-    def _queue_id(self) -> str:
-        ident = self.conn.session.xforward.ident
-        return ident if ident else f"{self.name}.{next(self.messages)}"
-
-    def _qid(self) -> str:
-        return self.txn.queue_id if self.txn is not None else self.name
 
 
 class LmtpServer:
@@ -255,7 +52,7 @@ class LmtpServer:
         self.limits = _limits(config)
         self.session_prefix = f"L{secrets.token_hex(2)}"
         self.stopping = False
-        self.sessions: dict[asyncio.Task[None], Session] = {}
+        self.sessions: set[Session] = set()
         self.servers: list[asyncio.Server] = []
         self.listening: list[str] = []
         # One worker per concurrent delivery, up to a bound: the disk commits many
@@ -295,11 +92,12 @@ class LmtpServer:
             name="tmp-sweep",
         )
         self.sweeper.start()
+        loop = asyncio.get_running_loop()
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                server = await asyncio.start_unix_server(self._accept, sock=sock)
+                server = await loop.create_unix_server(self._session, sock=sock)
             else:
-                server = await asyncio.start_server(self._accept, sock=sock)
+                server = await loop.create_server(self._session, sock=sock)
             self.servers.append(server)
         self.listening = _names(self.servers)
         log.info("lmtpd: listening on %s", ", ".join(self.listening))
@@ -311,24 +109,8 @@ class LmtpServer:
             if removed:
                 log.info("lmtpd: removed %d stale staged file(s)", removed)
 
-    async def _accept(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        session = Session(self, reader, writer)
-        if len(self.sessions) >= self.config.lmtp.max_sessions or self.stopping:
-            reply = (
-                replies.SHUTTING_DOWN if self.stopping else replies.TOO_MANY_SESSIONS
-            )
-            writer.write(reply.to_bytes())
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self.sessions[task] = session
-        try:
-            await session.run()
-        finally:
-            del self.sessions[task]
+    def _session(self) -> Session:
+        return Session(self)
 
     async def fsync(self, fds: Sequence[int]) -> list[OSError | None]:
         """Fsync files or folders of a delivery; the error of each, or None.
@@ -359,9 +141,8 @@ class LmtpServer:
         self.stopping = True
         for server in self.servers:
             server.close()
-        for task, session in list(self.sessions.items()):
-            if session.idle:
-                task.cancel()
+        for session in list(self.sessions):
+            session.stop_if_idle()
         await self._wait_sessions(grace)
         for server in self.servers:
             await server.wait_closed()
@@ -378,14 +159,16 @@ class LmtpServer:
         log.info("lmtpd: stopped")
 
     async def _wait_sessions(self, grace: float) -> None:
-        tasks = list(self.sessions)
-        if not tasks:
+        sessions = list(self.sessions)
+        if not sessions:
             return
-        _done, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        closed = [session.closed for session in sessions]
+        await asyncio.wait(closed, timeout=grace)
+        late = [session for session in sessions if not session.closed.done()]
+        for session in late:
+            session.abandon()
+        if late:
+            await asyncio.wait([session.closed for session in late], timeout=5)
 
     def _remove_socket_files(self) -> None:
         for name in self.listening:
@@ -435,13 +218,6 @@ def sweep_maildir_tmp(root: StateRoot, max_age: int) -> int:
     if removed:
         log.info("lmtpd: removed %d stale file(s) from Maildir tmp/ folders", removed)
     return removed
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
-    return "local"
 
 
 def _names(servers: list[asyncio.Server]) -> list[str]:

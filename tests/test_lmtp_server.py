@@ -181,6 +181,56 @@ def test_pipelined_transaction(lmtp_server: LmtpProcess) -> None:
     assert len(lmtp_server.messages("foo@xyz.example")) == 1
 
 
+def test_next_transaction_sent_during_a_delivery(lmtp_server: LmtpProcess) -> None:
+    """Two whole transactions and QUIT in one write: the second waits for the
+    first's fsyncs, and every reply comes back in order."""
+    host(lmtp_server, "foo@abc.example", "foo@xyz.example")
+    message = b"DATA\r\n" + dot_stuffed(BODY)
+
+    with Wire.greeted(lmtp_server) as wire:
+        wire.send(
+            envelope(SENDER, "foo@abc.example")
+            + message
+            + envelope(SENDER, "foo@xyz.example", "foo@abc.example")
+            + message
+            + b"QUIT\r\n"
+        )
+        assert wire.replies(10) == [
+            MAIL_OK,
+            rcpt_ok("foo@abc.example"),
+            GO_AHEAD,
+            saved("foo@abc.example"),
+            MAIL_OK,
+            rcpt_ok("foo@xyz.example"),
+            rcpt_ok("foo@abc.example"),
+            GO_AHEAD,
+            saved("foo@xyz.example"),
+            saved("foo@abc.example"),
+        ]
+        assert wire.reply() == "221 2.0.0 lmtp.test.example closing connection"
+        assert wire.closed()
+    assert len(lmtp_server.messages("foo@abc.example")) == 2
+    assert len(lmtp_server.messages("foo@xyz.example")) == 1
+
+
+def test_half_close_after_the_final_dot(lmtp_server: LmtpProcess) -> None:
+    """A client that shuts its sending side after the dot still gets its replies
+    (the end of input waits for the delivery), and the message is stored."""
+    host(lmtp_server, "foo@abc.example")
+
+    with Wire.greeted(lmtp_server) as wire:
+        wire.send(envelope(SENDER, "foo@abc.example") + b"DATA\r\n" + dot_stuffed(BODY))
+        wire.sock.shutdown(socket.SHUT_WR)
+        assert wire.replies(4) == [
+            MAIL_OK,
+            rcpt_ok("foo@abc.example"),
+            GO_AHEAD,
+            saved("foo@abc.example"),
+        ]
+        assert wire.closed()
+    assert len(lmtp_server.messages("foo@abc.example")) == 1
+
+
 def test_large_message_with_dot_lines(lmtp_server: LmtpProcess) -> None:
     """A body over several receive buffers, with dot lines, is stored exactly."""
     host(lmtp_server, "foo@abc.example", "foo@xyz.example")
