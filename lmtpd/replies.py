@@ -104,6 +104,8 @@ START_INPUT = Reply(354, "", "Start mail input; end with <CRLF>.<CRLF>")
 TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for input, closing connection")
 TOO_MANY_SESSIONS = Reply(421, "4.3.2", "Too many connections, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
+# Our own fault while serving a session: temporary, so the client keeps the mail.
+INTERNAL_ERROR = Reply(421, "4.3.0", "Local error, closing connection")
 
 # Temporary failures: the client keeps the message and retries.
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")

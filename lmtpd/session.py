@@ -149,6 +149,21 @@ class Session(asyncio.Protocol):
         return self.delivering is None and (txn is None or txn.staged is None)
 
     def _pump(self) -> None:
+        """Take the core's events; a fault of ours ends the session with a 421."""
+        try:
+            self._take_events()
+        except Exception:
+            # Not the client's fault: a temporary failure (RFC 5321 section
+            # 3.8), so the client keeps the message and retries it later.
+            log.exception("%s: internal error, closing %s", self.name, self.peer)
+            if self.delivering is None:
+                self._discard()
+            if not self.conn_closed:
+                assert self.transport is not None
+                self.transport.write(replies.INTERNAL_ERROR.to_bytes())
+                self.transport.close()
+
+    def _take_events(self) -> None:
         """Take the core's events until it needs input or a delivery starts."""
         conn = self.conn
         while True:

@@ -1,0 +1,150 @@
+"""The session layer in one process: a stub transport and server, no sockets.
+
+What the end-to-end tests cannot provoke from outside: a fault of ours in the
+middle of a command, and the flow control between replies and input.
+"""
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
+from typing import Any
+
+from lmtpd import replies
+from lmtpd.session import HELD_INPUT, Session
+from lmtpd.transaction import Limits
+
+GREETING = b"220 lmtp.test LMTP server ready\r\n"
+
+
+class StubTransport(asyncio.Transport):
+    """Collects what is written and what the session asks of the transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+        self.aborted = False
+        self.reading = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class FailingDeliverer:
+    """Resolving any recipient raises: a bug of ours, not a refusal."""
+
+    def check_recipient(self, *args: object) -> object:
+        raise RuntimeError("resolver bug")
+
+
+def stub_server(deliverer: object) -> SimpleNamespace:
+    """The parts of LmtpServer a session reads."""
+    lmtp = SimpleNamespace(max_sessions=10, idle_timeout=300)
+    config = SimpleNamespace(hostname="lmtp.test", lmtp=lmtp)
+    return SimpleNamespace(
+        config=config,
+        limits=Limits(),
+        session_prefix="Ltest",
+        stopping=False,
+        sessions=set(),
+        deliverer=deliverer,
+    )
+
+
+async def forever() -> None:
+    """A delivery that does not end while the test looks."""
+    await asyncio.Event().wait()
+
+
+def in_loop(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run body on a fresh event loop (a session needs a running one)."""
+    asyncio.run(body())
+
+
+def test_internal_fault_closes_with_421() -> None:
+    """An exception while answering RCPT: 421 4.3.0, the connection closed, the
+    error logged, and no reply that could pass for a refusal of the recipient."""
+
+    async def body() -> None:
+        server: Any = stub_server(FailingDeliverer())
+        session = Session(server)
+        transport = StubTransport()
+        session.connection_made(transport)
+        assert bytes(transport.written) == GREETING
+        transport.written.clear()
+
+        session.data_received(
+            b"LHLO client\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<foo@abc.example>\r\n"
+        )
+
+        lines = bytes(transport.written).split(b"\r\n")
+        assert lines[-2] == replies.INTERNAL_ERROR.to_bytes().rstrip(b"\r\n")
+        assert not any(line.startswith(b"5") for line in lines)
+        assert transport.closing
+        session.connection_lost(None)
+        assert session.closed.done()
+        assert server.sessions == set()
+
+    in_loop(body)
+
+
+def test_replies_unread_stop_the_reading() -> None:
+    """While the transport's buffer is full the session reads nothing more, and
+    takes up the input again once the client reads."""
+
+    async def body() -> None:
+        server: Any = stub_server(FailingDeliverer())
+        session = Session(server)
+        transport = StubTransport()
+        session.connection_made(transport)
+
+        session.pause_writing()
+        assert not transport.reading
+        session.data_received(b"NOOP\r\n" * 3)
+        assert bytes(transport.written) == GREETING
+
+        session.resume_writing()
+        assert bytes(transport.written) == GREETING + b"250 2.0.0 OK\r\n" * 3
+        assert transport.reading
+
+    in_loop(body)
+
+
+def test_input_during_a_delivery_is_held_up_to_a_bound() -> None:
+    """A client sending on while its message is being made durable: the input is
+    kept for later, and past HELD_INPUT the session stops reading."""
+
+    async def body() -> None:
+        server: Any = stub_server(FailingDeliverer())
+        session = Session(server)
+        transport = StubTransport()
+        session.connection_made(transport)
+        session.delivering = asyncio.create_task(forever())
+
+        session.data_received(b"NOOP\r\n")
+        assert transport.reading
+        session.data_received(b"x" * HELD_INPUT)
+        assert not transport.reading
+        assert bytes(transport.written) == GREETING
+
+        session.delivering.cancel()
+
+    in_loop(body)
