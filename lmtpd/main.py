@@ -15,10 +15,10 @@ from pathlib import Path
 from lmtpd.server import LmtpServer
 from mdcore import eventloop, metrics, prefork
 from mdcore.config import ServerConfig, load_config
+from mdcore.dedupe import share_dedupe_tags
 from mdcore.errors import MdmailError
 from mdcore.exporter import start_exporter
 from mdcore.listeners import SocketOwner, close_listeners, open_listeners
-from mdcore.maildir import share_dedupe_tags
 from mdcore.systemd import notify
 
 log = logging.getLogger(__name__)

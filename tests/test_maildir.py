@@ -13,16 +13,15 @@ from typing import Any
 
 import pytest
 
+from mdcore.dedupe import DedupeIndex, dedupe_tag
 from mdcore.mailbox_reader import iter_crlf, list_messages, open_message
 from mdcore.maildir import (
-    DedupeIndex,
     DeliveryOutcome,
     DeliveryResult,
     MailboxTarget,
     StagedMessage,
     clean_stale,
     clean_tmp,
-    dedupe_tag,
     deliver,
     deliver_in_steps,
     ensure_maildir,
