@@ -148,3 +148,30 @@ def test_input_during_a_delivery_is_held_up_to_a_bound() -> None:
         session.delivering.cancel()
 
     in_loop(body)
+
+
+def test_a_slow_delivery_is_not_an_idle_client() -> None:
+    """The idle timer firing while a message is being made durable waits on; once
+    the client is really silent past idle_timeout it gets 421 4.4.2."""
+
+    async def body() -> None:
+        server: Any = stub_server(FailingDeliverer())
+        session = Session(server)
+        transport = StubTransport()
+        session.connection_made(transport)
+        session.delivering = asyncio.create_task(forever())
+        timeout = server.config.lmtp.idle_timeout
+
+        session.since -= timeout + 1
+        session._timer_fired()
+        assert not transport.closing
+        assert bytes(transport.written) == GREETING
+
+        session.delivering.cancel()
+        session.delivering = None
+        session.since -= timeout + 1
+        session._timer_fired()
+        assert bytes(transport.written) == GREETING + replies.TIMEOUT.to_bytes()
+        assert transport.closing
+
+    in_loop(body)
