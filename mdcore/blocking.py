@@ -51,18 +51,27 @@ class BlockingPool:
         Cancelling the caller does not stop the call: it runs to its end in its
         thread and its result is dropped, as with run_in_executor.
         """
+        return await self.submit(function, *args)
+
+    def submit(self, function: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
+        """Start function(*args) in a worker thread; its future, on this loop.
+
+        For a caller that must see the result even if it is cancelled (an
+        opened file to close again): it shields the future and keeps it.
+        """
         if self._closed:
             raise RuntimeError(f"{self.name}: the pool is shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._in_flight += 1
+        future.add_done_callback(self._done)
         if self._in_flight > len(self._threads) < self.limit:
             self._start_thread()
         self._jobs.put((loop, future, function, args))
-        try:
-            return await future
-        finally:
-            self._in_flight -= 1
+        return future
+
+    def _done(self, _future: "asyncio.Future[Any]") -> None:
+        self._in_flight -= 1
 
     def shutdown(self) -> None:
         """Let the threads finish the calls queued so far, then end them."""

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from mdcore.blocking import BlockingPool
 from mdcore.config import Pop3Config, ServerConfig
 from mdcore.errors import ConfigError
 from mdcore.exporter import Exporter, start_exporter
@@ -70,7 +71,7 @@ class Pop3Server:
         # Password hashing is CPU-bound and Argon2 takes 64 MiB a check: one
         # worker per core. File steps wait on the disk: more of them.
         self.checks = ThreadPoolExecutor(os.cpu_count() or 2, "pop3-auth")
-        self.files = ThreadPoolExecutor(FILE_WORKERS, "pop3-files")
+        self.files = BlockingPool(FILE_WORKERS, "pop3-files")
 
     def _settings(self) -> Settings:
         return Settings(self.config.hostname, tls_available=self.tls.available)
@@ -164,12 +165,11 @@ class Pop3Server:
 
     def submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Start a blocking file step (open, read, remove) in a worker thread."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.files, function, *args)
+        return self.files.submit(function, *args)
 
     async def in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run a blocking file step in a worker thread and wait for it."""
-        return await self.submit(function, *args)
+        return await self.files.run(function, *args)
 
     # Stop and reload.
 
@@ -191,7 +191,7 @@ class Pop3Server:
         for server in self.servers:
             await server.wait_closed()
         self.checks.shutdown(wait=False, cancel_futures=True)
-        self.files.shutdown(wait=True)
+        self.files.shutdown()
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)
         log.info("pop3proxy: stopped")

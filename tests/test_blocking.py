@@ -80,3 +80,27 @@ def test_stop_iteration_is_not_swallowed() -> None:
             asyncio.run(pool.run(next, iter(())))
     finally:
         pool.shutdown()
+
+
+def test_a_submitted_call_keeps_its_result_for_a_shielded_caller() -> None:
+    """submit(): the caller cancelled while shielding the future still finds
+    the result there (what the POP3 server needs to close a maildrop it opened
+    for a session that went away)."""
+    pool = BlockingPool(1, "test")
+    release = threading.Event()
+
+    async def calls() -> int:
+        future = pool.submit(lambda: release.wait(5) and 42)
+        waiter = asyncio.ensure_future(asyncio.shield(future))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return await future
+
+    try:
+        assert asyncio.run(calls()) == 42
+        assert pool._in_flight == 0
+    finally:
+        pool.shutdown()
