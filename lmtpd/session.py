@@ -158,10 +158,7 @@ class Session(asyncio.Protocol):
             log.exception("%s: internal error, closing %s", self.name, self.peer)
             if self.delivering is None:
                 self._discard()
-            if not self.conn_closed:
-                assert self.transport is not None
-                self.transport.write(replies.INTERNAL_ERROR.to_bytes())
-                self.transport.close()
+            self._give_up()
 
     def _take_events(self) -> None:
         """Take the core's events until it needs input or a delivery starts."""
@@ -282,10 +279,15 @@ class Session(asyncio.Protocol):
             self._drop_delivery()
             raise
         except Exception:
-            # Our fault, not the message's: no reply at all, so the client
-            # retries it later (RFC 2033 section 4.2 leaves it undelivered).
+            # Our fault, not the message's: 421 for the whole connection, so
+            # the client keeps the message for every recipient and retries.
             log.exception("%s: delivery failed", self._qid())
-            self._drop_delivery()
+            self.delivering = None
+            self._discard()
+            if self.lost:
+                self._end()
+            else:
+                self._give_up()
             return
         self.delivering = None
         self.txn = None
@@ -367,6 +369,13 @@ class Session(asyncio.Protocol):
         else:
             self._discard()
             self._abort()
+
+    def _give_up(self) -> None:
+        """After a fault of ours: 421 4.3.0 and close, whatever the core's state."""
+        if not self.conn_closed:
+            assert self.transport is not None
+            self.transport.write(replies.INTERNAL_ERROR.to_bytes())
+            self.transport.close()
 
     def _abort(self) -> None:
         if self.transport is not None:

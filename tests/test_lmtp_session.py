@@ -5,7 +5,7 @@ middle of a command, and the flow control between replies and input.
 """
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -173,5 +173,52 @@ def test_a_slow_delivery_is_not_an_idle_client() -> None:
         session._timer_fired()
         assert bytes(transport.written) == GREETING + replies.TIMEOUT.to_bytes()
         assert transport.closing
+
+    in_loop(body)
+
+
+class BrokenDeliverer:
+    """Accepts the recipient and the body, then fails making it durable with a
+    bug of ours (not an OSError, which the Deliverer answers itself)."""
+
+    def check_recipient(self, txn: Any, address: str, size: object) -> object:
+        txn.recipients.append(address)
+        return replies.RCPT_OK, None
+
+    def open_body(self, txn: object) -> None:
+        return None
+
+    def finish(self, txn: object, key: object) -> Iterator[object]:
+        raise RuntimeError("delivery bug")
+        yield
+
+
+def test_fault_while_delivering_closes_with_421() -> None:
+    """A delivery that fails with an exception of ours: no per-recipient reply
+    that could pass for a verdict, but 421 4.3.0 and the connection closed."""
+
+    async def body() -> None:
+        server: Any = stub_server(BrokenDeliverer())
+        session = Session(server)
+        transport = StubTransport()
+        session.connection_made(transport)
+        transport.written.clear()
+
+        session.data_received(
+            b"LHLO client\r\nMAIL FROM:<a@b.example>\r\n"
+            b"RCPT TO:<foo@abc.example>\r\nDATA\r\n"
+        )
+        session.data_received(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert session.delivering is not None
+        await asyncio.wait([session.delivering])
+
+        lines = bytes(transport.written).decode().split("\r\n")
+        assert lines[-4:] == [
+            "250 2.1.5 <foo@abc.example> Recipient OK",
+            "354 Start mail input; end with <CRLF>.<CRLF>",
+            "421 4.3.0 Local error, closing connection",
+            "",
+        ]
+        assert transport.closing and not transport.aborted
 
     in_loop(body)
