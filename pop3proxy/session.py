@@ -331,10 +331,9 @@ class Session:
     async def _retrieve(self, event: RetrieveMessage) -> None:
         """Stream a stored message, one chunk read and sent at a time.
 
-        A small message is read on the event loop: from the page cache that
-        costs a few microseconds, where the hop to a worker thread and back
-        would be most of what its RETR costs. A large one is read in worker
-        steps, one chunk each, so that memory stays at one chunk.
+        A small message is read whole, on the event loop if the page cache
+        holds it (_retrieve_small). A large one is read in worker steps, one
+        chunk each, so that memory stays at one chunk.
         """
         assert self.drop is not None
         index = event.number - 1
@@ -359,13 +358,21 @@ class Session:
         self.conn.finish_message()
 
     async def _retrieve_small(self, event: RetrieveMessage, index: int) -> None:
-        """A small message: read in one step on the loop and sent in one piece."""
-        # Limitation: a small message whose file is not in the page cache
-        # holds the event loop for one disk read. Reading ahead in a worker
-        # while the previous message is sent would lift it.
+        """A small message, read in one step and sent in one piece.
+
+        Read on the event loop when the page cache holds it all (a few
+        microseconds, where the hop to a worker thread and back would be most
+        of what its RETR costs), else in a worker, so that the loop never waits
+        for the disk to read a message.
+        """
+        # Limitation: opening the file stays on the loop; a message whose
+        # inode is not cached holds the loop for that lookup. Opening in the
+        # worker when the read must go there would lift it, at one hop more.
         assert self.drop is not None
         try:
-            data = self.drop.read_whole(index)
+            data = self.drop.read_cached(index)
+            if data is None:
+                data = await self.server.in_worker(self.drop.read_whole, index)
         except (OSError, ValueError) as error:
             log.error("%s: cannot read message %s: %s", self.name, event.uid, error)
             self.conn.abort_message(responses.MESSAGE_UNAVAILABLE)

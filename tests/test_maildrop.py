@@ -212,3 +212,40 @@ def test_the_listing_follows_changes_by_difference(maildir: Path) -> None:
     assert listed(ListingCache().messages(maildir)) == records(maildir)
     uidls = [m.uidl for m in cache.messages(maildir)]
     assert uidls[0] == "1.M1P1.host" and len(set(uidls)) == len(uidls) == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no preadv2 RWF_NOWAIT")
+def test_read_cached_never_waits_for_the_disk(maildir: Path) -> None:
+    """read_cached: None for a message whose pages were dropped from the cache
+    (the POP3 server then reads it in a worker), the whole message once cached."""
+    drop = Maildrop.open(maildir)
+    try:
+        whole = drop.read_whole(0)
+        path = maildir / drop.listing.locations[0]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # Written out and fsynced already: the kernel may drop clean pages.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        cold = drop.read_cached(0)
+        if cold is not None:
+            pytest.skip("the kernel kept the pages (tmpfs or a busy cache)")
+        assert drop.read_whole(0) == whole
+        assert drop.read_cached(0) == whole
+    finally:
+        drop.close()
+
+
+def test_read_cached_leaves_a_wrong_size_to_the_worker(maildir: Path) -> None:
+    """A file longer than its name's S= says is not read on the loop."""
+    drop = Maildrop.open(maildir)
+    try:
+        path = maildir / drop.listing.locations[0]
+        with open(path, "ab") as stream:
+            stream.write(b"more\n")
+        if hasattr(os, "RWF_NOWAIT"):
+            assert drop.read_cached(0) is None
+        assert drop.read_whole(0).endswith(b"more\n")
+    finally:
+        drop.close()
