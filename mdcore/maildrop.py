@@ -104,7 +104,7 @@ class Maildrop:
         finally:
             os.close(fd)
 
-    def read_cached(self, index: int) -> bytes | None:
+    def read_cached(self, index: int) -> bytes | bytearray | None:
         """The whole of message number index if the page cache holds all of it.
 
         preadv2(2) with RWF_NOWAIT takes only what is cached and never waits
@@ -185,12 +185,14 @@ class _Messages(Sequence[DropMessage]):
         return DropMessage(info, listing.uidls[index])
 
 
-def _read_if_cached(fd: int, expected: int) -> bytes | None:
+def _read_if_cached(fd: int, expected: int) -> bytearray | None:
     """The file's octets if all are in the page cache and it is the size its
     name says; else None (the caller reads it in a worker)."""
-    buffer = bytearray(expected + 1)
+    # Read into a buffer of the expected size, plus one octet that must stay
+    # unread: a longer file is no message to send from here.
+    message = bytearray(expected)
     try:
-        got = os.preadv(fd, [buffer], 0, _NOWAIT)
+        got = os.preadv(fd, [message, bytearray(1)], 0, _NOWAIT)
     except BlockingIOError:
         return None
     except OSError as error:
@@ -198,10 +200,8 @@ def _read_if_cached(fd: int, expected: int) -> bytes | None:
         if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
             return None
         raise
-    if got != expected:
-        # Partly cached, or not the size its name says: the worker sorts it out.
-        return None
-    return bytes(memoryview(buffer)[:got])
+    # Partly cached, or not the size its name says: the worker sorts it out.
+    return message if got == expected else None
 
 
 def _read_to_end(fd: int, expected: int) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import overload
 
 _CRLF = b"\r\n"
 _TERMINATOR = b".\r\n"
@@ -40,8 +41,20 @@ def wire_size(chunks: Iterable[bytes]) -> int:
     return size
 
 
-def _to_crlf(data: bytes) -> bytes:
-    """Turn bare LF into CRLF; counting first, since most stores use one style."""
+@overload
+def _to_crlf(data: bytes) -> bytes: ...
+
+
+@overload
+def _to_crlf(data: bytes | bytearray) -> bytes | bytearray: ...
+
+
+def _to_crlf(data: bytes | bytearray) -> bytes | bytearray:
+    """Turn bare LF into CRLF; counting first, since most stores use one style.
+
+    A whole small message comes in the bytearray it was read into (no copy);
+    chunks of a large one come as bytes.
+    """
     if b"\r" not in data:
         # LF line ends only, as Maildir stores them: one pass.
         return data.replace(b"\n", _CRLF)
@@ -77,11 +90,11 @@ class ContentEncoder:
             text = self._cut(text)
         return self._stuff(text)
 
-    def encode_whole(self, message: bytes) -> bytes:
+    def encode_whole(self, message: bytes | bytearray) -> bytes:
         """encode(message) + finish(): the wire octets of a message read at once."""
         if self._lines_left is not None or message.endswith(b"\r") or self.octets:
             # TOP, a CR that finish() must see held back, or chunks before.
-            return self.encode(message) + self.finish()
+            return self.encode(bytes(message)) + self.finish()
         text = _to_crlf(message)
         self.octets = len(text)
         self.done = True

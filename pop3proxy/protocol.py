@@ -166,7 +166,7 @@ class POP3Connection(Dialogue):
         self._outgoing += encoder.encode(data)
         return not encoder.done
 
-    def send_message(self, data: bytes) -> None:
+    def send_message(self, data: bytes | bytearray) -> None:
         """Send the whole message at once: feed_message(data), then finish_message()."""
         encoder = self._message_encoder()
         if encoder is None:

@@ -370,7 +370,7 @@ class Session:
         # worker when the read must go there would lift it, at one hop more.
         assert self.drop is not None
         try:
-            data = self.drop.read_cached(index)
+            data: bytes | bytearray | None = self.drop.read_cached(index)
             if data is None:
                 data = await self.server.in_worker(self.drop.read_whole, index)
         except (OSError, ValueError) as error:
