@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from lmtpd import replies
@@ -276,18 +277,13 @@ class Session(asyncio.Protocol):
             answer = await self._run_steps(steps)
         except asyncio.CancelledError:
             # The grace period of a shutdown is over: nothing was acknowledged.
-            self._drop_delivery()
+            self._drop_delivery(self._abort)
             raise
         except Exception:
             # Our fault, not the message's: 421 for the whole connection, so
             # the client keeps the message for every recipient and retries.
             log.exception("%s: delivery failed", self._qid())
-            self.delivering = None
-            self._discard()
-            if self.lost:
-                self._end()
-            else:
-                self._give_up()
+            self._drop_delivery(self._give_up)
             return
         self.delivering = None
         self.txn = None
@@ -298,13 +294,14 @@ class Session(asyncio.Protocol):
         self.conn.answer_message(answer)
         self._pump()
 
-    def _drop_delivery(self) -> None:
+    def _drop_delivery(self, close: Callable[[], None]) -> None:
+        """Forget a delivery that will not be answered; close the connection."""
         self.delivering = None
         self._discard()
         if self.lost:
             self._end()
         else:
-            self._abort()
+            close()
 
     async def _run_steps(self, steps: Steps) -> list[Reply]:
         """Run a delivery: its Sync steps by the server's fsync, its Blocking

@@ -90,14 +90,11 @@ class Maildrop:
 
     def read_whole(self, index: int) -> bytes:
         """The whole of message number index, as stored, in one read (small ones)."""
-        # Straight from the columns: RETR of many small messages is the hot path.
-        location = self.listing.locations[index]
-        if self._dir_fd is None:
-            raise ValueError("the maildrop is closed")
         try:
-            fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            fd = self._open_listed(index)
         except FileNotFoundError:
-            with open_message(self.maildir, location[4:]) as stream:
+            name = self.listing.locations[index][4:]
+            with open_message(self.maildir, name) as stream:
                 return stream.read()
         try:
             return _read_to_end(fd, self.listing.sizes[index])
@@ -114,17 +111,22 @@ class Maildrop:
         """
         if not _NOWAIT:
             return self.read_whole(index)
-        location = self.listing.locations[index]
-        if self._dir_fd is None:
-            raise ValueError("the maildrop is closed")
         try:
-            fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+            fd = self._open_listed(index)
         except FileNotFoundError:
             return None
         try:
             return _read_if_cached(fd, self.listing.sizes[index])
         finally:
             os.close(fd)
+
+    def _open_listed(self, index: int) -> int:
+        """Open message number index where the listing saw it (new/ or cur/)."""
+        # Straight from the columns: RETR of many small messages is the hot path.
+        if self._dir_fd is None:
+            raise ValueError("the maildrop is closed")
+        location = self.listing.locations[index]
+        return os.open(location, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir_fd)
 
     def delete(self, indexes: list[int]) -> int:
         """Remove the given messages; returns how many could not be removed."""
