@@ -422,6 +422,7 @@ class PostfixInstance(LoopbackMta):
         self._postfix_command("postqueue", "-f")
 
     def _files(self, queue: str) -> list[Path]:
+        """The queue files in one of Postfix's queue folders (active, deferred...)."""
         folder = self.queue_dir / queue
         return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
@@ -441,9 +442,7 @@ class PostfixInstance(LoopbackMta):
         return listings[-1]
 
     def _list_queue(self) -> list[str]:
-        folders = (self.queue_dir / name for name in QUEUE_NAMES)
-        files = (p for f in folders if f.exists() for p in f.rglob("*"))
-        return sorted({p.name for p in files if p.is_file()})
+        return sorted({p.name for name in QUEUE_NAMES for p in self._files(name)})
 
     def log_text(self) -> str:
         """The maillog so far."""

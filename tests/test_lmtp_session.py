@@ -69,6 +69,15 @@ def stub_server(deliverer: object) -> SimpleNamespace:
     )
 
 
+def connected(deliverer: object) -> tuple[Session, StubTransport]:
+    """A session over a stub server, greeted over a stub transport."""
+    server: Any = stub_server(deliverer)
+    session = Session(server)
+    transport = StubTransport()
+    session.connection_made(transport)
+    return session, transport
+
+
 async def forever() -> None:
     """A delivery that does not end while the test looks."""
     await asyncio.Event().wait()
@@ -84,10 +93,7 @@ def test_internal_fault_closes_with_421() -> None:
     error logged, and no reply that could pass for a refusal of the recipient."""
 
     async def body() -> None:
-        server: Any = stub_server(FailingDeliverer())
-        session = Session(server)
-        transport = StubTransport()
-        session.connection_made(transport)
+        session, transport = connected(FailingDeliverer())
         assert bytes(transport.written) == GREETING
         transport.written.clear()
 
@@ -101,7 +107,7 @@ def test_internal_fault_closes_with_421() -> None:
         assert transport.closing
         session.connection_lost(None)
         assert session.closed.done()
-        assert server.sessions == set()
+        assert session.server.sessions == set()
 
     in_loop(body)
 
@@ -111,10 +117,7 @@ def test_replies_unread_stop_the_reading() -> None:
     takes up the input again once the client reads."""
 
     async def body() -> None:
-        server: Any = stub_server(FailingDeliverer())
-        session = Session(server)
-        transport = StubTransport()
-        session.connection_made(transport)
+        session, transport = connected(FailingDeliverer())
 
         session.pause_writing()
         assert not transport.reading
@@ -133,10 +136,7 @@ def test_input_during_a_delivery_is_held_up_to_a_bound() -> None:
     kept for later, and past HELD_INPUT the session stops reading."""
 
     async def body() -> None:
-        server: Any = stub_server(FailingDeliverer())
-        session = Session(server)
-        transport = StubTransport()
-        session.connection_made(transport)
+        session, transport = connected(FailingDeliverer())
         session.delivering = asyncio.create_task(forever())
 
         session.data_received(b"NOOP\r\n")
@@ -155,12 +155,9 @@ def test_a_slow_delivery_is_not_an_idle_client() -> None:
     the client is really silent past idle_timeout it gets 421 4.4.2."""
 
     async def body() -> None:
-        server: Any = stub_server(FailingDeliverer())
-        session = Session(server)
-        transport = StubTransport()
-        session.connection_made(transport)
+        session, transport = connected(FailingDeliverer())
         session.delivering = asyncio.create_task(forever())
-        timeout = server.config.lmtp.idle_timeout
+        timeout = session.server.config.lmtp.idle_timeout
 
         session.since -= timeout + 1
         session._timer_fired()
@@ -198,10 +195,7 @@ def test_fault_while_delivering_closes_with_421() -> None:
     that could pass for a verdict, but 421 4.3.0 and the connection closed."""
 
     async def body() -> None:
-        server: Any = stub_server(BrokenDeliverer())
-        session = Session(server)
-        transport = StubTransport()
-        session.connection_made(transport)
+        session, transport = connected(BrokenDeliverer())
         transport.written.clear()
 
         session.data_received(
